@@ -1,0 +1,39 @@
+"""Shared test setup: every test runs with its own HOME and Ray auth off, on loopback only.
+
+The README's test command runs pytest inside a private network namespace (`unshare --net`), so
+Ray and every test server bind loopback and any accidental download fails loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Set before anything imports ray: a ~/.ray/auth_token in the real HOME would switch token auth on.
+_REAL_HOME = Path.home()
+_HOME = Path(tempfile.mkdtemp(prefix="codiray-test-home-"))
+os.environ["HOME"] = str(_HOME)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# DeepSpeed JIT-builds a comm op on first use (60-80 s on 2 cores): keep it across runs.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(_REAL_HOME / ".cache" / "codiray" / "torch_extensions"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """An in-process Ray with more logical CPUs than Train workers take (else Ray Data starves)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "HOME": str(_HOME),
+                                       "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}})
+    yield ray
+    ray.shutdown()
