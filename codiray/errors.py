@@ -18,3 +18,9 @@ class ConfigError(CodirayError):
 
 class UsageError(CodirayError):
     """The command line itself is wrong (missing file, bad flag value)."""
+
+
+class JobFailed(CodirayError):
+    """A job ran and failed (training error, failed Ray job): exit code 1."""
+
+    exit_code = 1

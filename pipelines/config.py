@@ -11,7 +11,12 @@ from pipelines.storage import S3Config
 
 @dataclass
 class ShardConfig:
-    """How output is cut into WebDataset tar shards (one input slice -> one shard, img2dataset-style)."""
+    """How output is cut into WebDataset tar shards.
+
+    The key-sorted input is cut into slices of ``samples_per_shard`` rows, one task each; a slice's
+    samples go to ``shard-NNNNNN.tar``, continued in ``shard-NNNNNN_pK.tar`` parts whenever a tar
+    would pass ``samples_per_shard`` samples (videos give several clips) or ``max_shard_bytes``.
+    """
 
     samples_per_shard: int = 256
     max_shard_bytes: int = 512 * 1024**2
@@ -19,6 +24,77 @@ class ShardConfig:
     def __post_init__(self):
         if self.samples_per_shard < 1:
             raise ValueError("shards.samples_per_shard must be >= 1")
+        if self.max_shard_bytes < 1:
+            raise ValueError("shards.max_shard_bytes must be >= 1")
+
+
+@dataclass
+class VideoConfig:
+    """Clip cutting for WebVid-style video: ``frames`` frames at ``fps`` per clip (CoDi: 8 @ 4, 16 @ 8)."""
+
+    size: int = 64
+    fps: float = 4.0
+    frames: int = 8
+    resize_mode: Literal["center_crop", "keep_ratio"] = "center_crop"
+    max_clips: Optional[int] = None  # clips per video, from its start; None = every whole clip
+    interpolation: Literal["BILINEAR", "FAST_BILINEAR", "BICUBIC", "AREA"] = "BILINEAR"
+    threads: int = 0                 # decoder threads per file; 0 = FFmpeg's choice (all cores)
+    keep_audio: bool = True          # store the clip's audio segment when the file has an audio track
+    max_pixels: int = 8192 * 4320    # absurd frame sizes are dropped before decoding
+
+    def __post_init__(self):
+        if self.size < 1 or self.frames < 1 or self.fps <= 0:
+            raise ValueError("video.size and video.frames must be >= 1 and video.fps > 0")
+        if self.max_clips is not None and self.max_clips < 1:
+            raise ValueError("video.max_clips must be >= 1 or null")
+
+    @property
+    def clip_seconds(self) -> float:
+        return self.frames / self.fps
+
+
+@dataclass
+class AudioConfig:
+    """Audio segments: mono at ``sample_rate``, cut or zero-padded to ``seconds``, optional log-mel."""
+
+    sample_rate: int = 16000
+    seconds: float = 10.0
+    min_seconds: float = 0.5         # less decoded audio than this in a segment -> dropped
+    mel: bool = False
+    n_mels: int = 64
+    n_fft: int = 1024
+    hop_length: int = 160
+    win_length: int = 1024
+    f_min: float = 0.0
+    f_max: Optional[float] = 8000.0
+    keep_waveform: bool = True       # store audio.npy (float16) next to mel.npy
+    # "absolute": files are whole recordings and the metadata's start/end are positions in them;
+    # "clip": files hold only the segment; "auto": absolute when the file is long enough for it.
+    offsets: Literal["auto", "absolute", "clip"] = "auto"
+
+    def __post_init__(self):
+        if self.sample_rate < 1000 or self.seconds <= 0:
+            raise ValueError("audio.sample_rate must be >= 1000 and audio.seconds > 0")
+        if not (self.mel or self.keep_waveform):
+            raise ValueError("audio: with mel off, keep_waveform must be on (nothing would be stored)")
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.seconds * self.sample_rate))
+
+
+@dataclass
+class ClipFilterConfig:
+    """CLIP image-text similarity filter (LAION-5B: ViT-B/32, cosine >= 0.28), run in an actor pool."""
+
+    enabled: bool = False
+    model: str = "ViT-B-32"
+    pretrained: Optional[str] = "laion2b_s34b_b79k"
+    threshold: float = 0.28
+    actors: int = 1
+    batch_size: int = 64
+    # tests: a tiny random-init CLIP (no download); a real job must leave this off
+    tiny_random: bool = False
 
 
 @dataclass
@@ -47,6 +123,7 @@ class CaptionFilterConfig:
     pwatermark_max: Optional[float] = 0.8
     similarity_min: Optional[float] = None
     aesthetic_min: Optional[float] = None
+    clip: ClipFilterConfig = field(default_factory=ClipFilterConfig)
 
 
 @dataclass
@@ -54,8 +131,11 @@ class PrepareConfig:
     """A full `codiray prepare` job."""
 
     image: ImageConfig = field(default_factory=ImageConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
     caption: CaptionFilterConfig = field(default_factory=CaptionFilterConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
     s3: S3Config = field(default_factory=S3Config)
     worker: WorkerResources = field(default_factory=WorkerResources)
     concurrency: Optional[int] = None  # parallel shard tasks; None lets Ray Data decide
+    labels: Optional[str] = None       # audioset: class_labels_indices.csv (default: next to --metadata)

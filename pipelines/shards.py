@@ -1,10 +1,12 @@
 """WebDataset shard writing, the per-shard commit record, the drop ledger and the manifest.
 
-Each shard task writes ``shard-NNNNNN.tar`` and then ``_parts/shard-NNNNNN.json`` (its commit
-record: the input keys it owned, the keys written, the drops with their reasons). A shard counts as
-done only once its record exists, so a killed job re-run redoes exactly the unfinished shards and
-yields the same key set. ``finalize`` folds the records into ``manifest.json`` and ``dropped.parquet``
-and checks ``input == written + dropped``.
+Each shard task writes ``shard-NNNNNN.tar`` (continued in ``shard-NNNNNN_pK.tar`` parts when a tar
+reaches the samples or bytes target) and then ``_parts/shard-NNNNNN.json`` (its commit record: the
+input keys it owned, the inputs written, the sample keys, the drops with their reasons). A shard
+counts as done only once its record exists, so a killed job re-run redoes exactly the unfinished
+shards, rewriting the same tar names with the same bytes, and yields the same key set. ``finalize``
+folds the records into ``manifest.json`` and ``dropped.parquet`` and checks ``input == written +
+dropped`` overall and stage by stage.
 """
 
 from __future__ import annotations
@@ -51,9 +53,11 @@ class ShardRecord:
 
     shard: str
     input_keys: list[str]
-    written: list[str] = field(default_factory=list)
-    dropped: list[dict] = field(default_factory=list)  # {"key", "stage", "reason"}
+    written: list[str] = field(default_factory=list)   # input keys with at least one sample written
+    dropped: list[dict] = field(default_factory=list)  # {"key", "stage", "reason"}, one per input
     bytes: int = 0
+    samples: list[str] = field(default_factory=list)   # sample keys (a video gives one per clip)
+    parts: list[dict] = field(default_factory=list)    # {"name", "samples", "bytes"} per tar written
 
     def drop(self, key: str, stage: str, reason: str) -> None:
         self.dropped.append({"key": key, "stage": stage, "reason": reason})
@@ -72,13 +76,38 @@ def tar_bytes(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
     return buf.getvalue()
 
 
+def part_name(shard: str, index: int) -> str:
+    return f"{shard}.tar" if index == 0 else f"{shard}_p{index}.tar"
+
+
+def split_parts(samples: list[tuple[str, dict[str, bytes]]], max_samples: int, max_bytes: int) -> list[list]:
+    """Cut samples, in order, into tars of at most ``max_samples`` samples and about ``max_bytes``
+    (a sample larger than the limit gets a tar of its own rather than being dropped)."""
+    parts, current, size = [], [], 0
+    for key, fields in samples:
+        sample_bytes = sum(len(v) + 512 for v in fields.values()) + 512  # tar: header per member
+        if current and (len(current) >= max_samples or size + sample_bytes > max_bytes):
+            parts.append(current)
+            current, size = [], 0
+        current.append((key, fields))
+        size += sample_bytes
+    if current:
+        parts.append(current)
+    return parts
+
+
 def commit_shard(out: str, record: ShardRecord, samples: list[tuple[str, dict[str, bytes]]],
-                 s3: S3Config | None = None) -> ShardRecord:
-    """Write the shard's tar, then its record (the commit point)."""
-    data = tar_bytes(samples)
-    record.bytes = len(data)
-    if samples:
-        storage.write_bytes(storage.join(out, f"{record.shard}.tar"), data, s3)
+                 s3: S3Config | None = None, max_samples: int | None = None,
+                 max_bytes: int | None = None) -> ShardRecord:
+    """Write the shard's tar part(s), then its record (the commit point)."""
+    record.samples = [key for key, _ in samples]
+    record.parts, record.bytes = [], 0
+    for index, part in enumerate(split_parts(samples, max_samples or len(samples) or 1, max_bytes or 2**62)):
+        data = tar_bytes(part)
+        name = part_name(record.shard, index)
+        storage.write_bytes(storage.join(out, name), data, s3)
+        record.parts.append({"name": name, "samples": len(part), "bytes": len(data)})
+        record.bytes += len(data)
     storage.write_bytes(storage.join(out, PARTS_DIR, f"{record.shard}.json"),
                         json.dumps(record.__dict__).encode(), s3)
     return record
@@ -90,24 +119,37 @@ def done_shards(out: str, s3: S3Config | None = None) -> set[str]:
     return {p.rsplit("/", 1)[-1][: -len(".json")] for p in parts}
 
 
+def stage_flow(num_input: int, dropped: list[dict], stages: list[str]) -> list[dict]:
+    """Per stage, in pipeline order: inputs reaching it, dropped by it, passed on (``out`` of one
+    stage is ``in`` of the next; the last ``out`` is the number of inputs written)."""
+    counts = Counter(d["stage"] for d in dropped)
+    order = list(stages) + sorted(s for s in counts if s not in stages)
+    flow, remaining = [], num_input
+    for stage in order:
+        flow.append({"stage": stage, "in": remaining, "dropped": counts.get(stage, 0),
+                     "out": remaining - counts.get(stage, 0)})
+        remaining -= counts.get(stage, 0)
+    return flow
+
+
 def finalize(out: str, num_input: int, style: str, s3: S3Config | None = None,
-             pre_dropped: list[dict] = ()) -> dict:
+             pre_dropped: list[dict] = (), stages: list[str] = ()) -> dict:
     """Fold shard records (+ drops made before sharding, e.g. dedup) into manifest and ledger."""
     records = [json.loads(storage.read_bytes(p, s3))
                for p in storage.list_files(storage.join(out, PARTS_DIR), ".json", s3)]
     dropped = list(pre_dropped) + [d for r in records for d in r["dropped"]]
     written = sum(len(r["written"]) for r in records)
-    per_stage = Counter(d["stage"] for d in dropped)
+    flow = stage_flow(num_input, dropped, list(stages))
     manifest = {
         "style": style,
         "input": num_input,
         "written": written,
         "dropped": len(dropped),
-        "shards": [{"name": f"{r['shard']}.tar", "samples": len(r["written"]), "bytes": r["bytes"]}
-                   for r in records if r["written"]],
-        "per_stage": {"dropped": dict(sorted(per_stage.items()))},
+        "samples": sum(len(r.get("samples", r["written"])) for r in records),
+        "shards": [part for r in records for part in _parts_of(r)],
+        "per_stage": {"dropped": dict(sorted(Counter(d["stage"] for d in dropped).items())), "flow": flow},
     }
-    if num_input != written + len(dropped):
+    if num_input != written + len(dropped) or (flow and flow[-1]["out"] != written):
         raise RuntimeError(f"{out}: counts do not reconcile: input {num_input} != written {written} "
                            f"+ dropped {len(dropped)}")
     table = pa.Table.from_pylist(dropped, schema=pa.schema([(c, pa.string()) for c in LEDGER_COLUMNS]))
@@ -116,3 +158,11 @@ def finalize(out: str, num_input: int, style: str, s3: S3Config | None = None,
     storage.write_bytes(storage.join(out, "dropped.parquet"), buf.getvalue(), s3)
     storage.write_bytes(storage.join(out, "manifest.json"), json.dumps(manifest, indent=2).encode(), s3)
     return manifest
+
+
+def _parts_of(record: dict) -> list[dict]:
+    if "parts" in record:
+        return record["parts"]
+    # records written before tar parts existed: one tar per shard
+    return [{"name": f"{record['shard']}.tar", "samples": len(record["written"]), "bytes": record["bytes"]}] \
+        if record["written"] else []

@@ -6,13 +6,21 @@ the endpoint comes from config or ``AWS_ENDPOINT_URL``. Nothing here logs or sto
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+from codiray.errors import CodirayError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -21,17 +29,82 @@ class S3Config:
 
     endpoint_url: Optional[str] = None
     region: Optional[str] = None
+    retries: int = 5           # attempts for transient errors (timeouts, 5xx, throttling)
+    backoff_s: float = 0.5     # first wait; doubles per attempt
+    timeout_s: float = 30.0    # connect and request timeout
+
+
+class StorageError(CodirayError):
+    """A permanent object-store error (no such bucket, access denied): the job stops with this line."""
+
+
+# pyarrow reports AWS SDK errors as text; these are the ones worth retrying. Anything else (no such
+# bucket/key, access denied, bad credentials) is permanent: retrying would only hide it.
+_TRANSIENT = re.compile(r"SLOW_DOWN|SlowDown|THROTTL|Throttl|REQUEST_TIMEOUT|RequestTimeout|timed? ?out|"
+                        r"NETWORK_CONNECTION|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|InternalError|"
+                        r"HTTP response code: 5\d\d|response code 5\d\d|Connection (reset|refused)|curlCode",
+                        re.IGNORECASE)
+_PERMANENT = re.compile(r"NO_SUCH_BUCKET|NoSuchBucket|ACCESS_DENIED|AccessDenied|Forbidden|"
+                        r"INVALID_ACCESS_KEY|InvalidAccessKeyId|SIGNATURE_DOES_NOT_MATCH|"
+                        r"HTTP response code: 403", re.IGNORECASE)
+
+
+def is_transient(err: BaseException) -> bool:
+    text = str(err)
+    return bool(_TRANSIENT.search(text)) and not _PERMANENT.search(text)
+
+
+def _short(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300]
+
+
+def with_retries(what: str, fn, s3: "S3Config | None" = None):
+    """Run ``fn()``; retry transient store errors with exponential backoff, turn permanent ones into
+    a one-line StorageError. FileNotFoundError passes through: a missing object is the caller's call."""
+    s3 = s3 or S3Config()
+    delay = s3.backoff_s
+    for attempt in range(1, max(1, s3.retries) + 1):
+        try:
+            return fn()
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            if _PERMANENT.search(str(err)):
+                raise StorageError(f"{what}: {_short(err)}") from None
+            if not is_transient(err) or attempt >= s3.retries:
+                if is_transient(err):
+                    raise StorageError(f"{what}: still failing after {attempt} attempts: {_short(err)}") from None
+                raise
+            log.warning("%s: transient error (attempt %d/%d), retrying in %.1fs: %s",
+                        what, attempt, s3.retries, delay, _short(err))
+            time.sleep(delay)  # backoff between attempts, not synchronisation
+            delay *= 2
 
 
 def is_remote(uri: str) -> bool:
     return urlparse(str(uri)).scheme in ("s3", "s3a")
 
 
-def s3_filesystem(s3: S3Config | None = None) -> pafs.S3FileSystem:
-    """pyarrow S3 filesystem using the default credential chain and the configured endpoint."""
+def endpoint_of(s3: S3Config | None = None) -> Optional[str]:
+    """The endpoint in effect: config first, then the standard AWS env vars."""
     s3 = s3 or S3Config()
-    endpoint = s3.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    kwargs: dict = {"region": s3.region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"}
+    return s3.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def s3_filesystem(s3: S3Config | None = None) -> pafs.S3FileSystem:
+    """pyarrow S3 filesystem using the default credential chain and the configured endpoint (cached:
+    building one costs milliseconds, and every read goes through here)."""
+    s3 = s3 or S3Config()
+    return _s3_filesystem(endpoint_of(s3), s3.region, s3.timeout_s)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_filesystem(endpoint: Optional[str], region: Optional[str], timeout_s: float) -> pafs.S3FileSystem:
+    s3 = S3Config(endpoint_url=endpoint, region=region, timeout_s=timeout_s)
+    kwargs: dict = {"region": s3.region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+                    "connect_timeout": s3.timeout_s, "request_timeout": s3.timeout_s,
+                    # retries are ours (with_retries), so a permanent error surfaces at once
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=1)}
     if endpoint:
         parsed = urlparse(endpoint)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
@@ -54,13 +127,21 @@ def join(uri: str, *parts: str) -> str:
 
 def read_bytes(uri: str, s3: S3Config | None = None) -> bytes:
     fs, path = resolve(uri, s3)
-    with fs.open_input_stream(path) as f:
-        return f.read()
+
+    def read():
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+    return with_retries(f"reading {uri}", read, s3)
 
 
 def write_bytes(uri: str, data: bytes, s3: S3Config | None = None) -> None:
     """Write atomically where the store allows it (local: temp file + rename; S3 PUT is atomic)."""
     fs, path = resolve(uri, s3)
+    with_retries(f"writing {uri}", lambda: _write(fs, path, data), s3)
+
+
+def _write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
@@ -75,14 +156,19 @@ def write_bytes(uri: str, data: bytes, s3: S3Config | None = None) -> None:
 
 def exists(uri: str, s3: S3Config | None = None) -> bool:
     fs, path = resolve(uri, s3)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return with_retries(f"checking {uri}", lambda: fs.get_file_info(path).type != pafs.FileType.NotFound, s3)
 
 
-def list_files(uri: str, suffix: str = "", s3: S3Config | None = None) -> list[str]:
-    """Sorted URIs of files directly under ``uri`` whose names end with ``suffix``."""
+def list_files(uri: str, suffix: str = "", s3: S3Config | None = None, recursive: bool = False) -> list[str]:
+    """Sorted URIs of files under ``uri`` (directly, or at any depth) whose names end with ``suffix``."""
     fs, path = resolve(uri, s3)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return []
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix))
-    return [join(str(uri), n) for n in names]
+
+    def listing():
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return []
+        return fs.get_file_info(pafs.FileSelector(path, recursive=recursive))
+
+    infos = with_retries(f"listing {uri}", listing, s3)
+    rel = sorted(i.path[len(path):].lstrip("/") for i in infos
+                 if i.type == pafs.FileType.File and i.base_name.endswith(suffix))
+    return [join(str(uri), r) for r in rel]

@@ -52,19 +52,27 @@ class DiscreteSchedule:
         self.num_timesteps = betas.numel()
         # Slot 0 is ᾱ before the first step (the empty product, 1) so t = −1 addresses clean data.
         self._alpha_bar = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
+        self._on_device = {}
+
+    def _tables(self, device: torch.device) -> tuple:
+        """(β, ᾱ) on ``device``, copied once per device rather than on every lookup."""
+        if device not in self._on_device:
+            self._on_device[device] = (self.betas.to(device), self._alpha_bar.to(device))
+        return self._on_device[device]
 
     def _index(self, t: TimeLike) -> Tensor:
         t = torch.as_tensor(t)
         if t.is_floating_point():
             raise TypeError("a discrete schedule takes integer timesteps")
-        if bool(((t < -1) | (t >= self.num_timesteps)).any()):
+        # Range-checked on CPU only: on an accelerator the check would force a host sync every call.
+        if t.device.type == "cpu" and bool(((t < -1) | (t >= self.num_timesteps)).any()):
             raise IndexError(f"timesteps must lie in [-1, {self.num_timesteps - 1}]")
         return t.long() + 1
 
     def beta(self, t: TimeLike) -> Tensor:
         """β_t, the per-step noise variance (t ≥ 0) — DDPM Eq. 2."""
         idx = self._index(t)
-        return self.betas.to(idx.device)[idx - 1]
+        return self._tables(idx.device)[0][idx - 1]
 
     def step_alpha(self, t: TimeLike) -> Tensor:
         """DDPM's α_t = 1 − β_t (the per-step factor, *not* the signal scale) — DDPM §2."""
@@ -73,7 +81,7 @@ class DiscreteSchedule:
     def alpha_bar(self, t: TimeLike) -> Tensor:
         """ᾱ_t = Π_{s≤t} α_s — DDPM Eq. 4; ᾱ_{−1} = 1."""
         idx = self._index(t)
-        return self._alpha_bar.to(idx.device)[idx]
+        return self._tables(idx.device)[1][idx]
 
     def alpha(self, t: TimeLike) -> Tensor:
         """Signal scale α_t = √ᾱ_t of q(z_t | x) — Imagen Video Eq. 1."""

@@ -1,0 +1,79 @@
+"""Text-conditioned image diffuser = prompt encoder C_y + UNet ε_θ, saved as safetensors + config JSON.
+
+The config is saved next to the weights (diffusers-style), so ``from_pretrained(dir)`` rebuilds the
+exact architecture without the training config.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from codiray.config import from_dict, to_dict
+from codiray.errors import UsageError
+from models.diffusion.config import DiffusionConfig
+from models.text_encoder import CLIPTextEncoder, TextEncoderConfig
+from models.unet import UNet, UNetConfig
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "model_config.json"
+
+
+@dataclass
+class TextToImageModelConfig:
+    """The image diffuser of CoDi conditioned on the text prompt encoder (pixel space for now)."""
+
+    image_size: int = 32
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    cond_drop_prob: float = 0.1  # captions replaced by "" this often, so classifier-free guidance works
+
+    def __post_init__(self):
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            raise ValueError("cond_drop_prob must be in [0, 1)")
+
+
+class TextToImageDiffuser(nn.Module):
+    """ε_θ(z_t, t, C_y(y)) for image-shaped ``z_t`` (``b c h w``)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.text_encoder = CLIPTextEncoder(cfg.text_encoder)
+        if cfg.unet.context_dim != self.text_encoder.width:
+            raise ValueError(f"unet.context_dim ({cfg.unet.context_dim}) must equal the text encoder "
+                             f"width ({self.text_encoder.width})")
+        self.unet = UNet(cfg.unet)
+
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        tokens = self.text_encoder.tokenize(captions).to(next(self.unet.parameters()).device)
+        return self.text_encoder(tokens)
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.unet(z_t, t, context)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME))
+        (directory / CONFIG_NAME).write_text(json.dumps(to_dict(self.cfg), indent=2))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> "TextToImageDiffuser":
+        directory = Path(directory)
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            if not (directory / name).is_file():
+                raise UsageError(f"{directory}: no {name} — not a codiray model checkpoint")
+        cfg = from_dict(TextToImageModelConfig, json.loads((directory / CONFIG_NAME).read_text()),
+                        source=str(directory / CONFIG_NAME))
+        model = cls(cfg)
+        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=map_location))
+        return model

@@ -1,0 +1,53 @@
+"""`codiray train --recipe NAME --data SHARDS [--config YAML] [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+
+from codiray.config import load_config
+from codiray.errors import JobFailed, UsageError
+from codiray.runtime import ensure_ray
+from training.config import TrainConfig
+from training.recipes import RECIPES
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="Ray Train + DeepSpeed ZeRO: train a diffusion stage on prepared shards (resumes by name)",
+        description="Train a stage from a recipe, overridden by --config YAML and key=value pairs "
+                    "(e.g. max_steps=1000 optim.lr=3e-4 scaling.num_workers=8 scaling.worker.gpus=1 "
+                    "zero_stage=2). Re-running with the same name and storage_path resumes from the "
+                    "latest checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--recipe", default="text_to_image_demo", choices=sorted(RECIPES))
+    parser.add_argument("--config", help="YAML with TrainConfig keys, applied over the recipe")
+    parser.add_argument("--data", help="prepared shards (the --out of 'codiray prepare'); sets data.path")
+    parser.add_argument("--name", help="run name (sets name)")
+    parser.add_argument("--storage-path", help="where checkpoints go, local or s3:// (sets storage_path)")
+    parser.set_defaults(func=run)
+
+
+def resolve_train_config(args) -> TrainConfig:
+    overrides = list(args.overrides)
+    for flag, key in (("data", "data.path"), ("name", "name"), ("storage_path", "storage_path")):
+        if getattr(args, flag, None):
+            overrides.append(f"{key}={getattr(args, flag)}")
+    cfg = load_config(TrainConfig, args.config, overrides, base=RECIPES[args.recipe]())
+    if not cfg.data.path:
+        raise UsageError("no training data: pass --data SHARDS or set data.path")
+    return cfg
+
+
+def run(args) -> int:
+    from training.launch import run_dir, train
+
+    cfg = resolve_train_config(args)
+    ensure_ray()
+    result = train(cfg)
+    if result.error:
+        raise JobFailed(f"training failed: {result.error}")
+    print(f"trained {cfg.name}: step {result.metrics.get('step')} loss {result.metrics.get('loss'):.4f}; "
+          f"checkpoints under {run_dir(cfg)}; latest {result.checkpoint.path if result.checkpoint else None}")
+    return 0

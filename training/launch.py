@@ -1,0 +1,65 @@
+"""Driver side of a training stage: Ray Train ``TorchTrainer`` over the prepared shards.
+
+    cfg = recipes.text_to_image_demo(); cfg.data.path = "/data/shards"
+    result = launch.train(cfg)   # re-running with the same name + storage_path resumes
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from codiray.config import save_config, to_dict
+from pipelines import storage
+from pipelines.reader import read_shards
+from training.config import TrainConfig
+from training.loop import train_loop_per_worker
+
+log = logging.getLogger(__name__)
+CONFIG_NAME = "train_config.yaml"
+
+
+def storage_uri(cfg: TrainConfig) -> str:
+    """Absolute storage path (Ray Train requires one) or the s3:// URI as given."""
+    if storage.is_remote(cfg.storage_path):
+        return cfg.storage_path
+    return str(Path(cfg.storage_path).expanduser().resolve())
+
+
+def run_dir(cfg: TrainConfig) -> str:
+    """Where Ray Train writes this run's checkpoints: ``<storage_path>/<name>``."""
+    return storage.join(storage_uri(cfg), cfg.name)
+
+
+def train(cfg: TrainConfig):
+    """Fit the stage and return Ray Train's ``Result`` (``result.checkpoint`` is the latest)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    dataset = read_shards(cfg.data.path, cfg.data.s3)
+    resolved = run_dir(cfg)
+    if storage.is_remote(resolved):
+        import yaml
+
+        storage.write_bytes(storage.join(resolved, CONFIG_NAME), yaml.safe_dump(to_dict(cfg)).encode(), cfg.data.s3)
+    else:
+        save_config(cfg, Path(resolved) / CONFIG_NAME)
+    filesystem, storage_path = (storage.resolve(storage_uri(cfg), cfg.data.s3)
+                                if storage.is_remote(cfg.storage_path) else (None, storage_uri(cfg)))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": to_dict(cfg)},
+        scaling_config=cfg.scaling.worker.scaling_config(cfg.scaling.num_workers),
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.worker.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=cfg.name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            worker_runtime_env={"env_vars": {k: os.environ[k] for k in ("TORCH_EXTENSIONS_DIR",) if k in os.environ}},
+        ),
+        datasets={"train": dataset},
+    )
+    return trainer.fit()

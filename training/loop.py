@@ -1,0 +1,121 @@
+"""The Ray Train worker loop: DeepSpeed ZeRO engine, streamed shards, metrics and checkpoints.
+
+Runs inside each Ray Train worker (``train_loop_per_worker``). DeepSpeed is imported here, never in
+the driver: importing it on a CPU-only driver has broken before, and only workers need it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from codiray.config import from_dict
+from training.config import TrainConfig
+
+DEEPSPEED_TAG = "deepspeed"
+STATE_NAME = "train_state.json"
+HISTORY_NAME = "metrics_history.json"  # every logged metric since step 0: the checkpoint's loss curve
+
+
+def deepspeed_config(cfg: TrainConfig) -> dict:
+    """The DeepSpeed JSON config of a stage (optimizer and scheduler are passed as objects)."""
+    return {
+        "train_micro_batch_size_per_gpu": cfg.batch_size_per_worker,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "steps_per_print": 10**9,  # our own metrics go through ray.train.report
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                  weight_decay=cfg.optim.weight_decay)
+    warmup = max(1, cfg.optim.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    return optimizer, scheduler
+
+
+def batches_forever(shard, cfg: TrainConfig):
+    """Epoch after epoch over this worker's stream of the dataset."""
+    epoch = 0
+    while True:
+        for batch in shard.iter_batches(batch_size=cfg.batch_size_per_worker, batch_format="numpy",
+                                        drop_last=True, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+                                        local_shuffle_seed=cfg.seed + epoch):
+            yield epoch, batch
+        epoch += 1
+
+
+def save_checkpoint(engine, model, step: int, rank: int, directory: Path, history: list[dict]) -> None:
+    """DeepSpeed's sharded state (every rank writes its part) + safetensors weights from rank 0."""
+    engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, client_state={"step": step})
+    if rank == 0:
+        model.save_pretrained(directory)
+        (directory / STATE_NAME).write_text(json.dumps({"step": step}))
+        (directory / HISTORY_NAME).write_text(json.dumps(history))
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import deepspeed
+    import ray.train
+
+    from models.diffusion.config import build_schedule
+    from models.text_to_image import TextToImageDiffuser
+    from training.checkpointing import use_safe_checkpoint_loading
+    from training.step import text_to_image_loss
+
+    cfg = from_dict(TrainConfig, loop_config["train"], source="<train loop config>")
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = TextToImageDiffuser(cfg.model)
+    optimizer, scheduler = build_optimizer(model, cfg)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(cfg))
+    use_safe_checkpoint_loading(engine)
+
+    step, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            _, client_state = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG)
+            step = int(client_state["step"])
+            if (Path(directory) / HISTORY_NAME).is_file():
+                history = json.loads((Path(directory) / HISTORY_NAME).read_text())
+
+    schedule = build_schedule(cfg.model.diffusion)
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 7919 * step)  # fresh noise per resume
+    shard = ray.train.get_dataset_shard("train")
+    losses, started = [], time.perf_counter()
+    for epoch, batch in batches_forever(shard, cfg):
+        if step >= cfg.max_steps:
+            break
+        loss = text_to_image_loss(engine.module, batch["image"], batch["caption"].tolist(), generator, schedule)
+        engine.backward(loss)
+        engine.step()
+        step += 1
+        losses.append(loss.item())
+
+        last = step == cfg.max_steps
+        if step % cfg.log_every and step % cfg.checkpoint_every and not last:
+            continue
+        elapsed = time.perf_counter() - started
+        metrics = {"step": step, "epoch": epoch, "loss": sum(losses) / len(losses),
+                   "lr": scheduler.get_last_lr()[0],
+                   "samples_per_s": len(losses) * cfg.batch_size_per_worker * world / max(elapsed, 1e-9)}
+        losses, started = [], time.perf_counter()
+        history.append(metrics)
+        if step % cfg.checkpoint_every == 0 or last:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(engine, engine.module, step, rank, Path(tmp), history)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
