@@ -43,7 +43,10 @@ def resolve_train_config(args) -> TrainConfig:
 def run(args) -> int:
     from training.launch import run_dir, train
 
+    from pipelines.reader import shard_uris
+
     cfg = resolve_train_config(args)
+    shard_uris(cfg.data.path, cfg.data.s3)  # fail on a wrong --data before starting Ray
     ensure_ray()
     result = train(cfg)
     if result.error:

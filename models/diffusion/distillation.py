@@ -27,7 +27,10 @@ def teacher_ddim_step(teacher: Callable[[Tensor, Tensor], Tensor], z_t: Tensor, 
 
 def ddim_x0_target(z_t: Tensor, z_s: Tensor, alpha_t: Coeff, sigma_t: Coeff, alpha_s: Coeff,
                    sigma_s: Coeff) -> Tensor:
-    """x̃ = (z_s − (σ_s/σ_t) z_t) / (α_s − (σ_s/σ_t) α_t): the x̂ whose single DDIM step t → s lands on z_s — Salimans & Ho (2022) Alg. 2."""
+    """x̃ = (z_s − (σ_s/σ_t) z_t) / (α_s − (σ_s/σ_t) α_t) — Salimans & Ho (2022) Alg. 2.
+
+    The x̂ whose single deterministic DDIM step t → s lands exactly on z_s.
+    """
     alpha_t, sigma_t, alpha_s, sigma_s = (torch.as_tensor(c, dtype=torch.float64)
                                           for c in (alpha_t, sigma_t, alpha_s, sigma_s))
     ratio = sigma_s / sigma_t
@@ -38,7 +41,7 @@ def ddim_x0_target(z_t: Tensor, z_s: Tensor, alpha_t: Coeff, sigma_t: Coeff, alp
 def progressive_distillation_target(teacher: Callable[[Tensor, Tensor], Tensor], z_t: Tensor, t: Tensor,
                                     t_mid: Tensor, t_next: Tensor, schedule,
                                     prediction: Prediction = "v") -> Tensor:
-    """x̃ making one student step t → t'' equal two teacher DDIM steps t → t' → t'' — Imagen Video §2.7, Salimans & Ho (2022) Alg. 2.
+    """x̃ so that one student step t → t'' equals two teacher DDIM steps — Imagen Video §2.7 (Salimans & Ho Alg. 2).
 
     ``teacher(z, t)`` outputs in ``prediction`` space (a guided closure for the guidance-distilled
     model works too). For discrete schedules t'' = −1 addresses clean data.

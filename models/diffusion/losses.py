@@ -15,13 +15,15 @@ def mse_per_sample(prediction: Tensor, target: Tensor) -> Tensor:
 
 
 def snr(alpha: Coeff, sigma: Coeff) -> Tensor:
-    """SNR(t) = α_t²/σ_t² = e^{λ_t} — Kingma et al. (2021) Eq. 1; Imagen Video §2.1."""
+    """SNR(t) = α_t²/σ_t² = e^{λ_t} — Imagen Video §2.1 (λ_t = log[α_t²/σ_t²])."""
     alpha, sigma = torch.as_tensor(alpha), torch.as_tensor(sigma)
     return alpha**2 / sigma**2
 
 
 def min_snr_weight(alpha: Coeff, sigma: Coeff, prediction: Prediction, gamma: float) -> Tensor:
-    """min(SNR, γ)/k with k = 1, SNR, SNR+1 for x₀, ε, v targets — min-SNR-γ (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy").
+    """min(SNR, γ)/k with k = 1, SNR, SNR+1 for x₀, ε, v targets — min-SNR-γ, Hang et al. (2023).
+
+    (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy".)
 
     ‖ε̂ − ε‖² = SNR·‖x̂ − x‖² and ‖v̂ − v‖² = (SNR + 1)·‖x̂ − x‖², so dividing by k makes all three
     targets minimise the same min(SNR, γ)·‖x̂ − x‖².

@@ -1,4 +1,4 @@
-"""MT-Diffusion: multi-modal multi-task diffusion with forward aggregation (Chen et al., MT-Diffusion §2.2).
+"""MT-Diffusion: multi-modal multi-task diffusion with forward aggregation (MT-Diffusion §2.2).
 
 Modality data x_i are mapped into the diffusion space by fixed encoders E_i and aggregated into the
 mean of every forward transition (Eq. 3, in the re-written form below it):
@@ -7,8 +7,10 @@ mean of every forward transition (Eq. 3, in the re-written form below it):
 
 α_t here is DDPM's per-step 1 − β_t and ᾱ_t = Π α_s (see ``schedules.py``). Timesteps are the
 0-based code index t = 0..T−1 (the paper's t − 1); the transition *into* index t uses w_t and α_t,
-and index −1 is z_0. The default weight w_t = t/(T − t) (paper App. E: t/(1000 − t)) is finite on
-0..T−1; note it makes α̃_T large, so z_T is far from N(0, I) unless E(x) is small.
+and index −1 is z_0. The default weight w_t = t/(T − t) (App. E: "t/(1000 − t)") is evaluated at
+the 0-based index, which keeps it finite (the paper's 1-based t = 1000 would divide by zero). It
+grows to T − 1, so α̃ gets large (≈ 5·10³ at t = 999 on the SD schedule): z_T is then far from
+N(0, I) unless E(x) is small, although Algorithm 1 starts from z_T ~ N(0, I).
 """
 
 from dataclasses import dataclass, field
@@ -55,7 +57,7 @@ def mt_forward_step(z_prev: Tensor, embeddings: Sequence[Tensor], step_alpha: Te
 
 def mt_q_sample(z0: Tensor, embeddings: Sequence[Tensor], eps: Tensor, alpha_bar: Tensor,
                 alpha_tilde_t: Tensor) -> Tensor:
-    """z_t = √ᾱ_t z_0 + Σ_i α̃_t⁽ⁱ⁾ E_i(x_i) + √(1 − ᾱ_t) ε, a draw of q(z_t | z_0, X) — MT-Diffusion Theorem 2, Eq. 4."""
+    """z_t = √ᾱ_t z_0 + Σ_i α̃_t⁽ⁱ⁾ E_i(x_i) + √(1 − ᾱ_t) ε ~ q(z_t | z_0, X) — MT-Diffusion Theorem 2, Eq. 4."""
     return (expand_like(alpha_bar.sqrt(), z0) * z0 + mt_aggregate(alpha_tilde_t, embeddings)
             + expand_like((1 - alpha_bar).sqrt(), eps) * eps)
 
@@ -63,7 +65,11 @@ def mt_q_sample(z0: Tensor, embeddings: Sequence[Tensor], eps: Tensor, alpha_bar
 def mt_posterior_mean(z_t: Tensor, z0: Tensor, embeddings: Sequence[Tensor], step_alpha: Tensor,
                       alpha_bar: Tensor, alpha_bar_prev: Tensor, alpha_tilde_prev: Tensor,
                       weights_t: Tensor) -> Tensor:
-    """μ̃_t = [√α_t(1−ᾱ_{t−1}) z_t + (1−α_t)√ᾱ_{t−1} z_0 + Σ_i((1−α_t)α̃⁽ⁱ⁾_{t−1} − α_t(1−ᾱ_{t−1})w⁽ⁱ⁾_t)E_i]/(1−ᾱ_t) — Theorem 2, Eq. 5."""
+    """Mean μ̃_t(z_t, z_0, X) of q(z_{t−1} | z_t, z_0, X) — MT-Diffusion Theorem 2, Eq. 5.
+
+    μ̃_t = [√α_t(1−ᾱ_{t−1}) z_t + (1−α_t)√ᾱ_{t−1} z_0
+           + Σ_i ((1−α_t) α̃⁽ⁱ⁾_{t−1} − α_t (1−ᾱ_{t−1}) w⁽ⁱ⁾_t) E_i(x_i)] / (1−ᾱ_t)
+    """
     denom = 1 - alpha_bar
     coeff_e = ((1 - step_alpha) * alpha_tilde_prev - step_alpha * (1 - alpha_bar_prev) * weights_t) / denom
     return (expand_like(step_alpha.sqrt() * (1 - alpha_bar_prev) / denom, z_t) * z_t
@@ -73,7 +79,7 @@ def mt_posterior_mean(z_t: Tensor, z0: Tensor, embeddings: Sequence[Tensor], ste
 
 def mt_posterior_mean_from_eps(z_t: Tensor, eps: Tensor, embeddings: Sequence[Tensor], step_alpha: Tensor,
                                alpha_bar: Tensor, weights_t: Tensor) -> Tensor:
-    """μ̃_t = (1/√α_t)(z_t − (1−α_t)/√(1−ᾱ_t)·ε) − Σ_i w_t⁽ⁱ⁾ E_i(x_i) — MT-Diffusion App. B / Algorithm 1 line 12."""
+    """μ̃_t = (1/√α_t)(z_t − (1−α_t)/√(1−ᾱ_t)·ε) − Σ_i w_t⁽ⁱ⁾ E_i(x_i) — MT-Diffusion App. B, Alg. 1 line 12."""
     return (expand_like(1 / step_alpha.sqrt(), z_t)
             * (z_t - expand_like((1 - step_alpha) / (1 - alpha_bar).sqrt(), eps) * eps)
             - mt_aggregate(weights_t, embeddings))
@@ -139,7 +145,10 @@ class MTDiffusion:
 def mt_diffusion_loss(eps_pred: Tensor, eps: Tensor, head_outputs: Sequence[Tensor],
                       head_targets: Sequence[Tensor], head_kinds: Sequence[HeadKind],
                       lam: float = 0.1) -> Tensor:
-    """L = L_mse + λ Σ_i KL(q_i(x_i) ‖ p_θ(x_i | z_t)) per sample: CE for labels, MSE for continuous — MT-Diffusion Eq. 6 (λ = 0.1)."""
+    """L = L_mse + λ Σ_i KL(q_i(x_i) ‖ p_θ(x_i | z_t)), per sample — MT-Diffusion Eq. 6 (λ = 0.1).
+
+    The KL is a cross-entropy for ``"label"`` heads and an MSE for ``"continuous"`` heads (§2.2.3).
+    """
     loss = mse_per_sample(eps_pred.float(), eps.float())
     for out, target, kind in zip(head_outputs, head_targets, head_kinds):
         if kind == "label":  # KL to a one-hot / soft label = cross-entropy up to a constant

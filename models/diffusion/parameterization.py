@@ -36,7 +36,7 @@ def x0_from_v(z_t: Tensor, v: Tensor, alpha: Coeff, sigma: Coeff) -> Tensor:
 
 
 def eps_from_v(z_t: Tensor, v: Tensor, alpha: Coeff, sigma: Coeff) -> Tensor:
-    """ε̂ = σ_t z_t + α_t v̂ (α_t² + σ_t² = 1) — Salimans & Ho (2022) Appendix D."""
+    """ε̂ = σ_t z_t + α_t v̂ (α_t² + σ_t² = 1) — Salimans & Ho (2022) §4 (inverting v ≡ α ε − σ x)."""
     return expand_like(sigma, z_t) * z_t + expand_like(alpha, z_t) * v
 
 

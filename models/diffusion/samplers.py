@@ -55,7 +55,8 @@ def predict_x0_eps(denoiser: Denoiser, z_t: Tensor, t, schedule, prediction: Pre
 def ddim_step(x0: Tensor, eps: Tensor, alpha_s: Coeff, sigma_s: Coeff, sigma_eta: Coeff = 0.0,
               noise: Optional[Tensor] = None) -> Tensor:
     """z_s = α_s x̂ + √(σ_s² − σ_η²)·ε̂ + σ_η·ξ — DDIM (Song et al. 2021) Eq. 12; η = 0 is deterministic."""
-    sigma_s, sigma_eta = torch.as_tensor(sigma_s, dtype=torch.float64), torch.as_tensor(sigma_eta, dtype=torch.float64)
+    sigma_s = torch.as_tensor(sigma_s, dtype=torch.float64)
+    sigma_eta = torch.as_tensor(sigma_eta, dtype=torch.float64)
     direction = (sigma_s**2 - sigma_eta**2).clamp(min=0).sqrt()
     z_s = expand_like(alpha_s, x0) * x0 + expand_like(direction, eps) * eps
     if noise is not None:
@@ -104,7 +105,9 @@ def ddim_sample(denoiser: Denoiser, x_T: Tensor, schedule, timesteps: Sequence, 
         alpha_t, sigma_t = _alpha_sigma(schedule, t, z)
         alpha_s, sigma_s = _alpha_sigma(schedule, s, z)
         sigma_eta = ddim_sigma(alpha_s, sigma_s, alpha_t, sigma_t, eta)
-        noise = noise_fn(z.shape, generator=generator, device=z.device, dtype=z.dtype) if eta > 0 and s is not None else None
+        noise = None
+        if eta > 0 and s is not None:
+            noise = noise_fn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
         z = ddim_step(x0, eps, alpha_s, sigma_s, sigma_eta, noise)
     return z
 
@@ -114,9 +117,9 @@ def ddpm_sample(denoiser: Denoiser, x_T: Tensor, schedule, timesteps: Optional[S
                 gamma: float = 0.0, prediction: Prediction = "eps", generator: Optional[torch.Generator] = None,
                 clip_x0: ClipSpec = None, progress: bool = False, *, noise_fn: NoiseFn = iid_noise,
                 guidance_weights: Optional[Sequence] = None) -> Tensor:
-    """Ancestral sampling z_s = μ̃_{s|t}(z_t, x̂) + √((σ̃²_{s|t})^{1−γ}(σ²_{t|s})^γ)·ε — Imagen Video Eq. 3–4 (DDPM Alg. 2).
+    """Ancestral sampling z_s = μ̃_{s|t}(z_t, x̂) + √((σ̃²_{s|t})^{1−γ}(σ²_{t|s})^γ)·ε — Imagen Video Eq. 3–4.
 
-    γ = 0 uses the posterior variance (DDPM's β̃_t, "fixed small"), γ = 1 the forward one (β_t for
+    DDPM (Ho et al. 2020) Alg. 2 in Imagen Video's form: γ = 0 uses the posterior variance (DDPM's β̃_t, "fixed small"), γ = 1 the forward one (β_t for
     adjacent steps, "fixed large"). ``timesteps`` defaults to every step T−1, ..., 0 of a discrete
     schedule; no noise is added on the final step.
     """

@@ -35,7 +35,7 @@ def scaled_linear_betas(num_timesteps: int, beta_start: float, beta_end: float) 
 
 
 def alpha_sigma_from_log_snr(log_snr: Tensor) -> tuple:
-    """α² = sigmoid(λ), σ² = sigmoid(−λ) for a variance-preserving process — Kingma et al. (2021) Eq. 3–4."""
+    """α² = sigmoid(λ), σ² = sigmoid(−λ): λ = log(α²/σ²) with α² + σ² = 1 — Imagen Video §2.1."""
     return torch.sigmoid(log_snr).sqrt(), torch.sigmoid(-log_snr).sqrt()
 
 
@@ -60,18 +60,18 @@ class DiscreteSchedule:
             self._on_device[device] = (self.betas.to(device), self._alpha_bar.to(device))
         return self._on_device[device]
 
-    def _index(self, t: TimeLike) -> Tensor:
+    def _index(self, t: TimeLike, first: int = -1) -> Tensor:
         t = torch.as_tensor(t)
         if t.is_floating_point():
             raise TypeError("a discrete schedule takes integer timesteps")
         # Range-checked on CPU only: on an accelerator the check would force a host sync every call.
-        if t.device.type == "cpu" and bool(((t < -1) | (t >= self.num_timesteps)).any()):
-            raise IndexError(f"timesteps must lie in [-1, {self.num_timesteps - 1}]")
+        if t.device.type == "cpu" and bool(((t < first) | (t >= self.num_timesteps)).any()):
+            raise IndexError(f"timesteps must lie in [{first}, {self.num_timesteps - 1}]")
         return t.long() + 1
 
     def beta(self, t: TimeLike) -> Tensor:
         """β_t, the per-step noise variance (t ≥ 0) — DDPM Eq. 2."""
-        idx = self._index(t)
+        idx = self._index(t, first=0)
         return self._tables(idx.device)[0][idx - 1]
 
     def step_alpha(self, t: TimeLike) -> Tensor:

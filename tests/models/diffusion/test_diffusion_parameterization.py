@@ -63,7 +63,8 @@ def test_conversions_round_trip(dtype, atol):
 def test_conversions_on_continuous_schedule():
     sched = CosineSchedule()
     g = torch.Generator().manual_seed(1)
-    x0, eps = torch.randn(5, 3, 8, 8, generator=g, dtype=torch.float64), torch.randn(5, 3, 8, 8, generator=g, dtype=torch.float64)
+    x0 = torch.randn(5, 3, 8, 8, generator=g, dtype=torch.float64)
+    eps = torch.randn(5, 3, 8, 8, generator=g, dtype=torch.float64)
     t = torch.tensor([0.01, 0.2, 0.5, 0.8, 0.95], dtype=torch.float64)
     alpha, sigma = sched.alpha(t), sched.sigma(t)
     z = q_sample(x0, eps, alpha, sigma)
@@ -109,4 +110,5 @@ def test_min_snr_weight_values():
     snr = alpha**2 / sigma**2  # 0.5625 and ≈ 24.25
     assert torch.allclose(min_snr_weight(alpha, sigma, "x0", 5.0), torch.tensor([0.5625, 5.0]), atol=1e-5)
     assert torch.allclose(min_snr_weight(alpha, sigma, "eps", 5.0), torch.tensor([1.0, 5.0 / snr[1]]), atol=1e-5)
-    assert torch.allclose(min_snr_weight(alpha, sigma, "v", 5.0), torch.stack([snr[0] / (snr[0] + 1), 5.0 / (snr[1] + 1)]), atol=1e-5)
+    expected_v = torch.stack([snr[0] / (snr[0] + 1), 5.0 / (snr[1] + 1)])
+    assert torch.allclose(min_snr_weight(alpha, sigma, "v", 5.0), expected_v, atol=1e-5)

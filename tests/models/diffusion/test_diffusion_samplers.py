@@ -18,8 +18,9 @@ def oracle(x0, schedule, prediction):
     """A denoiser that knows x₀ and answers in ``prediction`` space (ignores any guidance weight)."""
 
     def denoiser(z_t, t, w=None):
+        shape = (-1,) + (1,) * (z_t.ndim - 1)
         alpha, sigma = schedule.alpha(t), schedule.sigma(t)
-        eps = (z_t.double() - alpha.view(-1, *[1] * (z_t.ndim - 1)) * x0.double()) / sigma.view(-1, *[1] * (z_t.ndim - 1))
+        eps = (z_t.double() - alpha.view(shape) * x0.double()) / sigma.view(shape)
         return from_x0_eps(x0.double(), eps, alpha, sigma, prediction).to(z_t.dtype)
 
     return denoiser
@@ -90,7 +91,8 @@ def test_posterior_matches_ddpm_eq7(t):
     g = torch.Generator().manual_seed(t)
     x0, z_t = torch.randn(4, 8, generator=g, dtype=torch.float64), torch.randn(4, 8, generator=g, dtype=torch.float64)
     # DDPM (Ho et al. 2020) Eq. 7 written with β, ᾱ.
-    mean = (abar_prev.sqrt() * betas[t] / (1 - abar_t)) * x0 + ((1 - betas[t]).sqrt() * (1 - abar_prev) / (1 - abar_t)) * z_t
+    mean = (abar_prev.sqrt() * betas[t] / (1 - abar_t)) * x0 \
+        + ((1 - betas[t]).sqrt() * (1 - abar_prev) / (1 - abar_t)) * z_t
     var = (1 - abar_prev) / (1 - abar_t) * betas[t]
     args = (DISCRETE.alpha(t - 1), DISCRETE.sigma(t - 1), DISCRETE.alpha(t), DISCRETE.sigma(t))
     assert torch.allclose(q_posterior_mean(z_t, x0, *args), mean, atol=1e-12)

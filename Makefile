@@ -1,0 +1,27 @@
+# The two README commands: `make demo` and `make test`. Both create (or reuse) .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Re-install whenever pyproject.toml changes (the stamp is named by its hash).
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# DeepSpeed JIT-builds a comm op on first use (60-80 s on 2 cores); keep the build across runs.
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/codiray/torch_extensions
+PYTEST_ARGS ?=
+
+.PHONY: install demo test
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/codiray demo
+
+# Hermetic: a private network namespace with only loopback up, so Ray and every test server bind
+# 127.0.0.1 and any accidental download fails loudly.
+test: $(STAMP)
+	unshare --net --map-root-user sh -c 'ip link set lo up && exec $(PY) -m pytest $(PYTEST_ARGS)'

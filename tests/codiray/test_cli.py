@@ -1,0 +1,55 @@
+"""The console entry point: helpful --help, and one clear line + exit 2 for bad usage or config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from codiray.cli import main
+
+SUBCOMMANDS = ("prepare", "train", "generate", "demo", "submit", "jobs", "bench")
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for sub in SUBCOMMANDS:
+        assert sub in out
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_each_subcommand_has_help(capsys, sub):
+    with pytest.raises(SystemExit) as exit_info:
+        main([sub, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: codiray " + sub in capsys.readouterr().out
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "codiray.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_bad_config_key_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"optim": {"learning_rate": 1e-3}}))
+    proc = run_cli("train", "--config", str(bad), "--data", str(tmp_path))
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("codiray: error: ") and str(bad) in lines[0] and "'optim.learning_rate'" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_usage_is_one_line_exit_2(tmp_path):
+    for args in (("train", "--recipe", "nope"), ("frobnicate",), ("train", "--data", str(tmp_path), "stray"),
+                 ("generate", "--checkpoint", str(tmp_path / "missing"), "--prompt", "x"),
+                 ("train", "--data", str(tmp_path), "max_steps=abc")):
+        proc = run_cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("codiray: error:"), (args, proc.stderr)
