@@ -59,7 +59,7 @@ def plot_history(history: list[dict], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([m["step"] for m in history], [m["loss"] for m in history], marker=".")
-    ax.set(xlabel="step", ylabel="training loss (ε-MSE)", title="codiray demo: text-to-image diffuser")
+    ax.set(xlabel="step", ylabel="training loss (diffusion MSE)", title="codiray demo: text-to-image diffuser")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

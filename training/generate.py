@@ -123,6 +123,10 @@ def run(args) -> int:
     images = generate_images(model, prompts, args.steps, args.eta, args.guidance_scale, args.seed)
     paths = write_samples(images, prompts, Path(args.out))
     grid = save_grid(images, Path(args.out) / "grid.png")
+    settings = {"checkpoint": str(args.checkpoint), "resolved_checkpoint": str(checkpoint), "prompts": prompts,
+                "steps": args.steps, "eta": args.eta, "guidance_scale": args.guidance_scale, "seed": args.seed,
+                "sampler": "ddim", "guidance_convention": "scale"}
+    (Path(args.out) / "generation.json").write_text(json.dumps(settings, indent=2))
     print(f"wrote {len(paths)} images ({images.shape[2]}x{images.shape[1]}) from {checkpoint} to {args.out} "
           f"(grid: {grid})")
     return 0

@@ -63,6 +63,17 @@ def save_checkpoint(engine, model, step: int, rank: int, directory: Path, histor
         (directory / HISTORY_NAME).write_text(json.dumps(history))
 
 
+def mean_over_workers(value: float) -> float:
+    """The metric averaged over all data-parallel workers (each saw a different batch)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.item() / dist.get_world_size()
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     import deepspeed
     import ray.train
@@ -108,7 +119,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if step % cfg.log_every and step % cfg.checkpoint_every and not last:
             continue
         elapsed = time.perf_counter() - started
-        metrics = {"step": step, "epoch": epoch, "loss": sum(losses) / len(losses),
+        metrics = {"step": step, "epoch": epoch, "loss": mean_over_workers(sum(losses) / len(losses)),
                    "lr": scheduler.get_last_lr()[0],
                    "samples_per_s": len(losses) * cfg.batch_size_per_worker * world / max(elapsed, 1e-9)}
         losses, started = [], time.perf_counter()
