@@ -19,13 +19,13 @@ from codiray.errors import CodirayError
 
 def _commands():
     # Imported lazily so `codiray --help` stays fast and a broken optional dep names its command.
-    from codiray import demo
+    from codiray import bench, demo
     from infra import submit
     from pipelines import cli as prepare_cli
     from training import cli as train_cli
     from training import generate
 
-    return [prepare_cli, train_cli, generate, demo, submit]
+    return [prepare_cli, train_cli, generate, demo, submit, bench]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -32,7 +32,15 @@ def check_caption(caption, cfg: CaptionFilterConfig) -> str:
             raise DropSample("caption", "caption is not valid UTF-8") from None
     if not isinstance(caption, str):
         raise DropSample("caption", f"caption is not text ({type(caption).__name__})")
+    try:  # metadata read with surrogateescape keeps undecodable bytes as lone surrogates
+        caption.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DropSample("caption", "caption is not valid UTF-8") from None
     text = " ".join(caption.split())
+    if not text:
+        raise DropSample("caption", "caption is empty")
+    if text in ("nan", "NaN", "NAN"):  # how CSV writers spell a missing value
+        raise DropSample("caption", "caption is missing (null/NaN)")
     if len(text) < cfg.min_chars:
         raise DropSample("caption", f"caption shorter than {cfg.min_chars} chars")
     if len(text) > cfg.max_chars:

@@ -1,4 +1,5 @@
-"""The sharded preparation job: input rows -> fixed slices -> one Ray Data task per shard.
+"""The sharded preparation job: input rows -> fixed slices -> Ray Data: decode tasks -> (CLIP actor
+pool) -> commit tasks.
 
 Slicing the (deduplicated, key-sorted) input into fixed slices before any work is what makes the
 output deterministic and resumable: slice i always becomes ``shard-i`` with the same keys, whatever
@@ -9,16 +10,25 @@ from __future__ import annotations
 
 import logging
 import pickle
-from typing import Callable
+from dataclasses import replace
+from typing import Callable, Optional
 
-from pipelines import shards
+from codiray.errors import CodirayError
+from pipelines import shards, storage
 from pipelines.config import PrepareConfig
 from pipelines.shards import ShardRecord
 
 log = logging.getLogger(__name__)
 
-# (shard record, rows) -> list of (key, {ext: bytes}) samples; drops go into the record
-ShardFn = Callable[[ShardRecord, list[dict]], list[tuple[str, dict[str, bytes]]]]
+# A sample on its way to a shard: {"key": sample key, "input": input key, "fields": {ext: bytes},
+# "caption": str, "image": uint8 h w 3 or None (what the CLIP filter scores)}.
+Sample = dict
+# (shard record, rows) -> samples; drops go into the record
+ShardFn = Callable[[ShardRecord, list[dict]], list[Sample]]
+
+
+class JobError(CodirayError):
+    """A shard task failed for a reason that is not the input's fault (e.g. the store refused)."""
 
 
 def dedup_by_key(rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -33,32 +43,88 @@ def dedup_by_key(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return sorted(kept, key=lambda r: r["key"]), dropped
 
 
-def run_sharded(rows: list[dict], out: str, style: str, cfg: PrepareConfig, process: ShardFn) -> dict:
+def pin_endpoint(cfg: PrepareConfig) -> PrepareConfig:
+    """Resolve the S3 endpoint on the driver (config, else AWS_ENDPOINT_URL) so every task uses the
+    same one whatever its environment; credentials are *not* copied: tasks use the AWS chain."""
+    return replace(cfg, s3=replace(cfg.s3, endpoint_url=storage.endpoint_of(cfg.s3)))
+
+
+def plan_slices(rows: list[dict], per_shard: int) -> list[tuple[str, list[dict]]]:
+    return [(shards.shard_name(i), rows[start:start + per_shard]) for i, start in enumerate(range(0, len(rows), per_shard))]
+
+
+def _unwrap(err: BaseException) -> BaseException:
+    """The user-facing error inside Ray's task-error wrappers, if there is one."""
+    seen = err
+    for _ in range(8):
+        if isinstance(seen, CodirayError):
+            return seen
+        cause = getattr(seen, "cause", None) or seen.__cause__
+        if cause is None:
+            break
+        seen = cause
+    return err
+
+
+def run_sharded(rows: list[dict], out: str, style: str, cfg: PrepareConfig, process: ShardFn,
+                stages: list[str] = (), clip_filter: Optional[object] = None) -> dict:
     """Run ``process`` over slices of ``rows`` as Ray Data tasks, commit shards, write the manifest."""
     import ray
 
+    cfg = pin_endpoint(cfg)
     num_input = len(rows)
     rows, pre_dropped = dedup_by_key(rows)
-    n = cfg.shards.samples_per_shard
-    slices = [(shards.shard_name(i), rows[start:start + n]) for i, start in enumerate(range(0, len(rows), n))]
+    slices = plan_slices(rows, cfg.shards.samples_per_shard)
     done = shards.done_shards(out, cfg.s3)
     # Rows travel pickled: metadata columns are heterogeneous (NaN, bytes) and must reach the task as-is.
-    todo = [{"shard": name, "rows": pickle.dumps(chunk)} for name, chunk in slices if name not in done]
+    todo = [{"shard": name, "payload": pickle.dumps(chunk)} for name, chunk in slices if name not in done]
     log.info("%s: %d input rows, %d shards (%d already done)", style, num_input, len(slices), len(slices) - len(todo))
 
     if todo:
-        s3 = cfg.s3
+        s3, shard_cfg = cfg.s3, cfg.shards
 
-        def run_one(item: dict) -> dict:
-            chunk = pickle.loads(item["rows"])
+        def decode_one(item: dict) -> dict:
+            chunk = pickle.loads(item["payload"])
             record = ShardRecord(item["shard"], [r["key"] for r in chunk])
             samples = process(record, chunk)
-            record.written = [key for key, _ in samples]
-            shards.commit_shard(out, record, samples, s3)
+            return {"shard": item["shard"], "payload": pickle.dumps((record, samples))}
+
+        def commit_one(item: dict) -> dict:
+            record, samples = pickle.loads(item["payload"])
+            record.written = sorted({s["input"] for s in samples})
+            shards.commit_shard(out, record, [(s["key"], s["fields"]) for s in samples], s3,
+                                shard_cfg.samples_per_shard, shard_cfg.max_shard_bytes)
             return {"shard": record.shard, "written": len(record.written), "dropped": len(record.dropped)}
 
         remote_args = cfg.worker.ray_remote_args()
         dataset = ray.data.from_items(todo, override_num_blocks=len(todo))
-        results = dataset.map(run_one, concurrency=cfg.concurrency, **remote_args).take_all()
+        dataset = dataset.map(decode_one, concurrency=cfg.concurrency, **remote_args)
+        if clip_filter is not None:
+            dataset = clip_filter.apply(dataset)
+        dataset = dataset.map(commit_one, concurrency=cfg.concurrency, num_cpus=0.25)
+        try:
+            results = dataset.take_all()
+        except Exception as err:  # noqa: BLE001 - surface the store's one-line reason, not Ray's traceback
+            inner = _unwrap(err)
+            if isinstance(inner, CodirayError):
+                raise JobError(str(inner)) from None
+            raise
         log.info("%s: committed %d shards", style, len(results))
-    return shards.finalize(out, num_input, style, cfg.s3, pre_dropped)
+    return shards.finalize(out, num_input, style, cfg.s3, pre_dropped, stages)
+
+
+def per_row(fn: Callable[[dict], list[Sample]]) -> ShardFn:
+    """A shard function from a row function: a DropSample from any stage becomes the row's ledger
+    entry and the shard goes on; anything else (a bug, a permanent store error) stops the job."""
+    from pipelines.images import DropSample
+
+    def process(record: ShardRecord, rows: list[dict]) -> list[Sample]:
+        samples: list[Sample] = []
+        for row in rows:
+            try:
+                samples.extend(fn(row))
+            except DropSample as drop:
+                record.drop(row["key"], drop.stage, drop.reason)
+        return samples
+
+    return process

@@ -1,7 +1,7 @@
 """`codiray prepare laion`: LAION-style metadata parquet + images -> WebDataset shards of tensors.
 
 Each sample in a shard: ``<key>.image.npy`` (uint8 ``h w 3``) and ``<key>.json`` (key, caption,
-source, original size). Inputs that fail a stage land in ``dropped.parquet`` with the reason.
+source, original size). Images come as files named by key or inside img2dataset-style tars. Inputs that fail a stage land in ``dropped.parquet`` with the reason.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ import json
 import pyarrow.parquet as pq
 
 from codiray.errors import UsageError
-from pipelines import storage
+from pipelines import media, storage
+from pipelines.clipfilter import ClipFilter
 from pipelines.config import PrepareConfig
 from pipelines.filters import check_caption, check_metadata
-from pipelines.images import DropSample, decode_image
-from pipelines.job import run_sharded
-from pipelines.shards import ShardRecord, encode_npy, sanitize_key
+from pipelines.images import decode_image
+from pipelines.job import Sample, per_row, run_sharded
+from pipelines.shards import encode_npy, sanitize_key
 
 REQUIRED_COLUMNS = ("TEXT",)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+STAGES = ["dedup", "metadata", "caption", "fetch", "decode", "size", "clip_score"]
 
 
 def read_metadata(uri: str, cfg: PrepareConfig) -> list[dict]:
@@ -41,39 +42,26 @@ def read_metadata(uri: str, cfg: PrepareConfig) -> list[dict]:
     return rows
 
 
-def make_processor(media: str, cfg: PrepareConfig):
-    """The per-shard function: filter metadata/caption, fetch, decode+resize, emit tensors."""
+def make_row_fn(cfg: PrepareConfig):
+    """Per row: metadata thresholds, caption, find the image (file or tar member), decode+resize."""
 
-    def find_image(key: str) -> str | None:
-        for ext in IMAGE_EXTENSIONS:
-            uri = storage.join(media, f"{key}{ext}")
-            if storage.exists(uri, cfg.s3):
-                return uri
-        return None
+    def one(row: dict) -> list[Sample]:
+        key = row["key"]
+        check_metadata(row, cfg.caption)
+        caption = check_caption(row.get("TEXT"), cfg.caption)
+        uri = media.lookup(row["_media"], row["_candidates"], media.IMAGE_EXTENSIONS)
+        image = decode_image(media.read_media_bytes(uri, cfg.s3), cfg.image)
+        meta = {"key": key, "caption": caption, "source": row.get("URL") or uri,
+                "width": row.get("WIDTH"), "height": row.get("HEIGHT"), "style": "laion"}
+        return [{"key": key, "input": key, "image": image, "caption": caption,
+                 "fields": {"image.npy": encode_npy(image), "json": json.dumps(meta).encode()}}]
 
-    def process(record: ShardRecord, rows: list[dict]) -> list[tuple[str, dict[str, bytes]]]:
-        samples = []
-        for row in rows:
-            key = row["key"]
-            try:
-                check_metadata(row, cfg.caption)
-                caption = check_caption(row.get("TEXT"), cfg.caption)
-                uri = find_image(key)
-                if uri is None:
-                    raise DropSample("fetch", f"no image file for key under {media}")
-                image = decode_image(storage.read_bytes(uri, cfg.s3), cfg.image)
-            except DropSample as drop:
-                record.drop(key, drop.stage, drop.reason)
-                continue
-            meta = {"key": key, "caption": caption, "source": row.get("URL") or uri,
-                    "width": row.get("WIDTH"), "height": row.get("HEIGHT"), "style": "laion"}
-            samples.append((key, {"image.npy": encode_npy(image), "json": json.dumps(meta).encode()}))
-        return samples
-
-    return process
+    return one
 
 
-def prepare_laion(metadata: str, media: str, out: str, cfg: PrepareConfig) -> dict:
-    """Run the LAION job end to end and return the manifest."""
+def prepare_laion(metadata: str, media_uri: str, out: str, cfg: PrepareConfig) -> dict:
+    """Run the LAION job end to end and return the manifest. ``media_uri``: a folder of images named
+    by key, or of img2dataset-style WebDataset tars (``<key>.jpg`` members)."""
     rows = read_metadata(metadata, cfg)
-    return run_sharded(rows, out, "laion", cfg, make_processor(media, cfg))
+    rows = media.attach(rows, media.index_media(media_uri, cfg.s3, tar_members=True), lambda r: [r["key"]])
+    return run_sharded(rows, out, "laion", cfg, per_row(make_row_fn(cfg)), STAGES, ClipFilter.maybe(cfg))

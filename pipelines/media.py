@@ -8,6 +8,7 @@ without extension to its URI; tasks receive the index entries of their own rows.
 from __future__ import annotations
 
 import io
+import tarfile
 from pathlib import PurePosixPath
 
 from pipelines import storage
@@ -19,15 +20,68 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 
-def index_media(media: str, s3: S3Config | None = None) -> dict[str, list[str]]:
-    """``{relative path without extension: [uri, ...]}`` for every file under ``media`` (any depth)."""
+def _stem(rel: str) -> str:
+    return str(PurePosixPath(rel).with_suffix("")) if "." in PurePosixPath(rel).name else rel
+
+
+def index_media(media: str, s3: S3Config | None = None, tar_members: bool = False) -> dict[str, list[str]]:
+    """``{relative path without extension: [uri, ...]}`` for every file under ``media`` (any depth).
+
+    With ``tar_members``, the members of ``.tar`` files (img2dataset's output) are indexed by their
+    sample key too, as member URIs that ``read_media_bytes`` reads by byte range.
+    """
     index: dict[str, list[str]] = {}
     prefix = str(media).rstrip("/") + "/"
     for uri in storage.list_files(media, "", s3, recursive=True):
-        rel = uri[len(prefix):]
-        stem = str(PurePosixPath(rel).with_suffix("")) if "." in PurePosixPath(rel).name else rel
-        index.setdefault(stem, []).append(uri)
+        if tar_members and uri.endswith(".tar"):
+            for stem, member_uri in tar_member_uris(uri, s3):
+                index.setdefault(stem, []).append(member_uri)
+            continue
+        index.setdefault(_stem(uri[len(prefix):]), []).append(uri)
     return index
+
+
+def tar_member_uris(tar_uri: str, s3: S3Config | None = None) -> list[tuple[str, str]]:
+    """``(key, "<tar uri>#<offset>+<size>/<member>")`` per regular file of a tar; only the headers are
+    read (tarfile seeks over member data), so indexing does not download the images."""
+    fs, path = storage.resolve(tar_uri, s3)
+
+    def scan():
+        with fs.open_input_file(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            return [(_stem(m.name), f"{tar_uri}#{m.offset_data}+{m.size}/{m.name}") for m in tar if m.isfile()]
+
+    try:
+        return storage.with_retries(f"indexing {tar_uri}", scan, s3)
+    except tarfile.TarError:
+        return []  # not a readable tar: its samples show up as missing media in the ledger
+
+
+def read_media_bytes(uri: str, s3: S3Config | None = None) -> bytes:
+    """A media file's bytes, or a tar member's (by byte range, without reading the rest of the tar)."""
+    if "#" in uri and ".tar#" in uri:
+        tar_uri, rest = uri.split("#", 1)
+        span = rest.split("/", 1)[0]
+        offset, size = (int(x) for x in span.split("+"))
+        fs, path = storage.resolve(tar_uri, s3)
+
+        def read_range():
+            with fs.open_input_file(path) as f:
+                return f.read_at(size, offset)
+
+        data = storage.with_retries(f"reading {uri}", read_range, s3)
+    else:
+        data = storage.read_bytes(uri, s3)
+    if not data:
+        raise DropSample("decode", "empty file (0 bytes)")
+    return data
+
+
+def attach(rows: list[dict], index: dict[str, list[str]], candidates) -> list[dict]:
+    """Give each row its candidate stems and their index entries, so tasks need no global index."""
+    for row in rows:
+        row["_candidates"] = candidates(row)
+        row["_media"] = {stem: index[stem] for stem in row["_candidates"] if stem in index}
+    return rows
 
 
 def lookup(index: dict[str, list[str]], candidates: list[str], extensions: tuple[str, ...]) -> str:

@@ -58,6 +58,7 @@ class ShardRecord:
     bytes: int = 0
     samples: list[str] = field(default_factory=list)   # sample keys (a video gives one per clip)
     parts: list[dict] = field(default_factory=list)    # {"name", "samples", "bytes"} per tar written
+    tensors: dict = field(default_factory=dict)        # {name: {"shape", "dtype"}} of the .npy fields
 
     def drop(self, key: str, stage: str, reason: str) -> None:
         self.dropped.append({"key": key, "stage": stage, "reason": reason})
@@ -74,6 +75,35 @@ def tar_bytes(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def tensor_specs(samples: list[tuple[str, dict[str, bytes]]]) -> dict:
+    """Shape and dtype of each ``.npy`` field (from the first sample that has it), read from the npy
+    header only. The reader needs these to give every batch the same columns when a field is absent
+    from some samples (a clip from a video without an audio track)."""
+    specs: dict = {}
+    for _, fields in samples:
+        for ext, data in fields.items():
+            if not ext.endswith(".npy"):
+                continue
+            if ext[:-4] not in specs:
+                buf = io.BytesIO(data)
+                version = np.lib.format.read_magic(buf)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(buf)
+                specs[ext[:-4]] = {"shape": list(shape), "dtype": np.dtype(dtype).str, "count": 0}
+            specs[ext[:-4]]["count"] += 1
+    return specs
+
+
+def merge_tensor_specs(records: list[dict]) -> dict:
+    """The dataset's tensors: shape/dtype and how many samples carry each."""
+    merged: dict = {}
+    for record in records:
+        for name, spec in record.get("tensors", {}).items():
+            entry = merged.setdefault(name, {"shape": spec["shape"], "dtype": spec["dtype"], "count": 0})
+            entry["count"] += spec["count"]
+    return dict(sorted(merged.items()))
 
 
 def part_name(shard: str, index: int) -> str:
@@ -101,6 +131,7 @@ def commit_shard(out: str, record: ShardRecord, samples: list[tuple[str, dict[st
                  max_bytes: int | None = None) -> ShardRecord:
     """Write the shard's tar part(s), then its record (the commit point)."""
     record.samples = [key for key, _ in samples]
+    record.tensors = tensor_specs(samples)
     record.parts, record.bytes = [], 0
     for index, part in enumerate(split_parts(samples, max_samples or len(samples) or 1, max_bytes or 2**62)):
         data = tar_bytes(part)
@@ -147,6 +178,7 @@ def finalize(out: str, num_input: int, style: str, s3: S3Config | None = None,
         "dropped": len(dropped),
         "samples": sum(len(r.get("samples", r["written"])) for r in records),
         "shards": [part for r in records for part in _parts_of(r)],
+        "tensors": merge_tensor_specs(records),
         "per_stage": {"dropped": dict(sorted(Counter(d["stage"] for d in dropped).items())), "flow": flow},
     }
     if num_input != written + len(dropped) or (flow and flow[-1]["out"] != written):

@@ -44,7 +44,7 @@ _TRANSIENT = re.compile(r"SLOW_DOWN|SlowDown|THROTTL|Throttl|REQUEST_TIMEOUT|Req
                         r"NETWORK_CONNECTION|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|InternalError|"
                         r"HTTP response code: 5\d\d|response code 5\d\d|Connection (reset|refused)|curlCode",
                         re.IGNORECASE)
-_PERMANENT = re.compile(r"NO_SUCH_BUCKET|NoSuchBucket|ACCESS_DENIED|AccessDenied|Forbidden|"
+_PERMANENT = re.compile(r"NO_SUCH_BUCKET|NoSuchBucket|Bucket '[^']*' not found|ACCESS_DENIED|AccessDenied|Forbidden|"
                         r"INVALID_ACCESS_KEY|InvalidAccessKeyId|SIGNATURE_DOES_NOT_MATCH|"
                         r"HTTP response code: 403", re.IGNORECASE)
 
@@ -172,3 +172,15 @@ def list_files(uri: str, suffix: str = "", s3: S3Config | None = None, recursive
     rel = sorted(i.path[len(path):].lstrip("/") for i in infos
                  if i.type == pafs.FileType.File and i.base_name.endswith(suffix))
     return [join(str(uri), r) for r in rel]
+
+
+def require_bucket(uri: str, s3: S3Config | None = None) -> None:
+    """For an ``s3://`` URI, fail at once with one line if its bucket does not exist or is refused
+    (otherwise a missing media bucket would look like every file missing)."""
+    if not is_remote(uri):
+        return
+    bucket = urlparse(str(uri)).netloc
+    fs = s3_filesystem(s3)
+    info = with_retries(f"checking bucket of {uri}", lambda: fs.get_file_info(bucket), s3)
+    if info.type == pafs.FileType.NotFound:
+        raise StorageError(f"{uri}: no such bucket '{bucket}' at {endpoint_of(s3) or 'AWS S3'}")

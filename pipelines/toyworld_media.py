@@ -109,6 +109,8 @@ def write_video(path: str | Path, seconds: float = 3.0, fps: float = 30.0, size:
         video.width, video.height, video.pix_fmt = width, height, pix_fmt
         if (codec or default_video) == "libx264":
             video.options = {"preset": "veryfast"}
+        else:  # the other encoders' default bitrates are too low to keep the time-coded brightness
+            video.bit_rate = 4_000_000
         audio = None
         if audio_codec is not None:
             audio_codec = default_audio if audio_codec == "default" else audio_codec
@@ -127,15 +129,17 @@ def write_video(path: str | Path, seconds: float = 3.0, fps: float = 30.0, size:
 
 
 def write_audio(path: str | Path, seconds: float = 3.0, rate: int = 44100, channels: int = 2,
-                freq: float = 440.0, codec: Optional[str] = None) -> Path:
-    """Encode a sine-tone audio file; codec from the extension unless given."""
+                freq: float = 440.0, codec: Optional[str] = None, samples: Optional[np.ndarray] = None) -> Path:
+    """Encode a sine tone (or the given ``(channels, n)`` float ``samples``); codec from the extension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     codec = codec or AUDIO_CODECS[path.suffix]
     rate = 48000 if "opus" in codec else rate  # Opus only runs at 48 kHz
+    if samples is None:
+        samples = tone(seconds, rate, channels, freq)
     with av.open(str(path), "w") as container:
-        stream = _add_audio_stream(container, codec, rate, channels)
-        _encode_audio(container, stream, tone(seconds, rate, channels, freq), rate)
+        stream = _add_audio_stream(container, codec, rate, samples.shape[0])
+        _encode_audio(container, stream, samples, rate)
     return path
 
 

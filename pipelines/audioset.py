@@ -1,0 +1,128 @@
+"""`codiray prepare audioset|audiocaps`: segment CSVs + audio (or video) files -> shards of 10 s clips.
+
+AudioSet: ``YTID, start_seconds, end_seconds, positive_labels`` after three ``#`` lines, labels are
+quoted MID lists turned into a caption with ``class_labels_indices.csv`` ("Speech, Music").
+AudioCaps: ``audiocap_id,youtube_id,start_time,caption``; several captions share one recording.
+Each sample: ``audio.npy`` (float16 mono waveform) and/or ``mel.npy`` (float16 log-mel) + ``.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import PurePosixPath
+
+from codiray.errors import UsageError
+from pipelines import media, storage
+from pipelines.audio import decode_segment
+from pipelines.config import PrepareConfig
+from pipelines.filters import check_caption
+from pipelines.images import DropSample
+from pipelines.job import Sample, per_row, run_sharded
+from pipelines.metadata import metadata_files, parse_seconds, read_csv_rows
+from pipelines.shards import encode_npy, sanitize_key
+
+STAGES = ["dedup", "metadata", "caption", "fetch", "decode", "duration"]
+AUDIOSET_COLUMNS = ["YTID", "start_seconds", "end_seconds", "positive_labels"]
+AUDIOCAPS_COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
+
+
+def labels_uri(metadata: str, cfg: PrepareConfig) -> str:
+    """``cfg.labels`` or ``class_labels_indices.csv`` beside the segment CSV(s)."""
+    if cfg.labels:
+        return cfg.labels
+    first = metadata_files(metadata, (".csv",), cfg.s3)[0]
+    return storage.join(str(PurePosixPath(first).parent) if not storage.is_remote(first)
+                        else first.rsplit("/", 1)[0], "class_labels_indices.csv")
+
+
+def read_label_names(uri: str, cfg: PrepareConfig) -> dict[str, str]:
+    if not storage.exists(uri, cfg.s3):
+        raise UsageError(f"{uri}: AudioSet class_labels_indices.csv not found (set labels=URI)")
+    rows = read_csv_rows(uri, cfg.s3, required=("mid", "display_name"))
+    return {r["mid"].strip(): r["display_name"].strip() for r in rows}
+
+
+def read_audioset(metadata: str, cfg: PrepareConfig) -> list[dict]:
+    names = read_label_names(labels_uri(metadata, cfg), cfg)
+    files = [f for f in metadata_files(metadata, (".csv",), cfg.s3)
+             if not f.endswith("class_labels_indices.csv")]
+    rows = []
+    for file in files:
+        rows.extend(read_csv_rows(file, cfg.s3, comment="#", fieldnames=AUDIOSET_COLUMNS))
+    for index, row in enumerate(rows):
+        ytid = (row.get("YTID") or "").strip()
+        row["key"] = sanitize_key(ytid) if ytid else f"row{index:09d}"
+        mids = [m.strip() for m in (row.get("positive_labels") or "").split(",") if m.strip()]
+        unknown = [m for m in mids if m not in names]
+        row["_labels"] = mids
+        row["_caption"] = None if unknown else ", ".join(names[m] for m in mids)
+        row["_unknown"] = unknown
+    return rows
+
+
+def audioset_segment(row: dict) -> tuple[str, float, float]:
+    """(caption text, start, end) of an AudioSet row, or DropSample for bad metadata."""
+    if not (row.get("YTID") or "").strip():
+        raise DropSample("metadata", "YTID is empty")
+    start, end = parse_seconds(row, "start_seconds"), parse_seconds(row, "end_seconds")
+    if row["_unknown"]:
+        raise DropSample("metadata", f"unknown label MID(s) {', '.join(row['_unknown'])}")
+    if not row["_labels"]:
+        raise DropSample("caption", "no positive labels (empty caption)")
+    return row["_caption"], start, end
+
+
+def audiocaps_segment(row: dict, seconds: float) -> tuple[str, float, float]:
+    if not (row.get("youtube_id") or "").strip():
+        raise DropSample("metadata", "youtube_id is empty")
+    start = parse_seconds(row, "start_time")
+    return row.get("caption"), start, start + seconds
+
+
+def read_audiocaps(metadata: str, cfg: PrepareConfig) -> list[dict]:
+    rows = read_csv_rows(metadata, cfg.s3, required=AUDIOCAPS_COLUMNS)
+    for index, row in enumerate(rows):
+        cap_id = (row.get("audiocap_id") or "").strip()
+        row["key"] = sanitize_key(cap_id) if cap_id else f"row{index:09d}"
+    return rows
+
+
+def make_row_fn(style: str, cfg: PrepareConfig):
+    def one(row: dict) -> list[Sample]:
+        if style == "audioset":
+            caption, start, end = audioset_segment(row)
+        else:
+            caption, start, end = audiocaps_segment(row, cfg.audio.seconds)
+        caption = check_caption(caption, cfg.caption)
+        uri = media.lookup(row["_media"], row["_candidates"], media.AUDIO_EXTENSIONS)
+        tensors = decode_segment(media.open_source(uri, cfg.s3), start, end, cfg.audio)
+        meta = {"key": row["key"], "caption": caption, "source": uri, "style": style, "start": start,
+                "end": end, "sample_rate": cfg.audio.sample_rate, "seconds": cfg.audio.seconds}
+        if style == "audioset":
+            meta["labels"] = row["_labels"]
+        fields = {f"{name}.npy": encode_npy(array) for name, array in tensors.items()}
+        fields["json"] = json.dumps(meta).encode()
+        return [{"key": row["key"], "input": row["key"], "fields": fields, "caption": caption, "image": None}]
+
+    return one
+
+
+def media_candidates(style: str):
+    """AudioSet files are named by YTID (``Y`` prefix in some mirrors); AudioCaps by id or YouTube id."""
+    def candidates(row: dict) -> list[str]:
+        if style == "audioset":
+            ytid = (row.get("YTID") or "").strip()
+            return [ytid, f"Y{ytid}"] if ytid else []
+        ids = [(row.get("audiocap_id") or "").strip(), (row.get("youtube_id") or "").strip()]
+        return [i for i in ids if i]
+
+    return candidates
+
+
+def prepare_audio(style: str, metadata: str, media_uri: str, out: str, cfg: PrepareConfig) -> dict:
+    """Run the AudioSet or AudioCaps job end to end and return the manifest."""
+    if cfg.caption.clip.enabled:
+        raise UsageError("caption.clip.enabled: the CLIP filter scores images; audio styles have none")
+    rows = read_audioset(metadata, cfg) if style == "audioset" else read_audiocaps(metadata, cfg)
+    rows = media.attach(rows, media.index_media(media_uri, cfg.s3), media_candidates(style))
+    return run_sharded(rows, out, style, cfg, per_row(make_row_fn(style, cfg)), STAGES)

@@ -1,0 +1,118 @@
+"""Audio decoding against real files encoded with PyAV: wav, flac, ogg/vorbis, mp3, m4a/aac, opus,
+and a video's audio track; resample, downmix, cut/pad, log-mel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.audio import decode_segment, downmix, fit_length, frame_to_float, resample
+from pipelines.config import AudioConfig
+from pipelines.images import DropSample
+from pipelines.toyworld_media import write_audio, write_video
+
+CFG = AudioConfig(sample_rate=8000, seconds=2.0, mel=True, n_mels=16, n_fft=256, win_length=256,
+                  hop_length=80, f_max=4000.0)
+
+
+def dominant_hz(mono: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(mono.astype(np.float32)))
+    return float(np.argmax(spectrum) * rate / len(mono))
+
+
+def band_level(mono: np.ndarray, rate: int, hz: float) -> float:
+    spectrum = np.abs(np.fft.rfft(mono))
+    centre = int(round(hz * len(mono) / rate))
+    return float(spectrum[centre - 3:centre + 4].max())
+
+
+@pytest.mark.parametrize("ext, rate, channels", [
+    (".wav", 44100, 2), (".flac", 22050, 1), (".ogg", 44100, 2), (".mp3", 44100, 1),
+    (".m4a", 32000, 2), (".opus", 48000, 1),
+])
+def test_every_codec_decodes_resamples_and_downmixes(tmp_path, ext, rate, channels):
+    path = write_audio(tmp_path / f"tone{ext}", seconds=1.5, rate=rate, channels=channels, freq=440.0)
+    out = decode_segment(str(path), 0.0, 10.0, CFG)
+    audio = out["audio"]
+    assert audio.dtype == np.float16 and audio.shape == (CFG.num_samples,)  # padded to 2 s at 8 kHz
+    signal = audio[: int(1.3 * 8000)].astype(np.float32)
+    # channel c carries (c+1) * 440 Hz: the mono downmix holds both tones of a stereo file, equally
+    at440, at880 = band_level(signal, 8000, 440.0), band_level(signal, 8000, 880.0)
+    if channels == 1:
+        assert abs(dominant_hz(signal, 8000) - 440.0) < 10.0 and at880 < 0.1 * at440
+    else:
+        assert 0.4 < at880 / at440 < 2.5  # (FFmpeg's experimental Vorbis encoder loses level at 880 Hz)
+    assert np.sqrt((signal ** 2).mean()) > 0.1
+    assert np.abs(audio[int(1.6 * 8000):].astype(np.float32)).max() < 0.02  # zero padding after the file's end
+    assert out["mel"].dtype == np.float16 and out["mel"].shape == (16, CFG.num_samples // 80 + 1)
+
+
+def test_audio_track_of_a_video(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", 1.5, 30.0, (64, 48), audio_rate=44100, audio_channels=1)
+    out = decode_segment(str(path), 0.0, 10.0, CFG)
+    assert abs(dominant_hz(out["audio"][:8000], 8000) - 440.0) < 10.0
+
+
+def test_absolute_offsets_seek_into_a_long_recording(tmp_path):
+    rate = 16000
+    samples = np.zeros((1, 6 * rate), dtype=np.float32)
+    samples[0, 3 * rate:5 * rate] = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(2 * rate) / rate)
+    path = write_audio(tmp_path / "long.flac", rate=rate, samples=samples)
+    out = decode_segment(str(path), 3.0, 5.0, CFG)  # "auto": the file reaches past 5 s -> absolute
+    audio = out["audio"].astype(np.float32)
+    assert np.sqrt((audio[400:-400] ** 2).mean()) > 0.3 and abs(dominant_hz(audio, 8000) - 1000) < 10
+    silent = decode_segment(str(path), 0.0, 2.0, CFG)["audio"].astype(np.float32)
+    assert np.abs(silent).max() < 0.01
+
+
+def test_precut_clip_ignores_the_metadata_offset(tmp_path):
+    path = write_audio(tmp_path / "clip.wav", seconds=2.0, rate=16000, channels=1)
+    out = decode_segment(str(path), 30.0, 32.0, CFG)  # a 2 s file cannot hold 30-32 s: it is the clip
+    assert np.sqrt((out["audio"].astype(np.float32) ** 2).mean()) > 0.2
+
+
+def test_downmix_averages_channels_and_fit_length_cuts_or_pads():
+    stereo = np.stack([np.ones(5, np.float32), np.zeros(5, np.float32)])
+    assert np.allclose(downmix(stereo), 0.5)
+    assert fit_length(np.arange(5.0), 3).tolist() == [0, 1, 2]
+    assert fit_length(np.arange(2.0), 4).tolist() == [0, 1, 0, 0]
+
+
+def test_resample_keeps_the_frequency():
+    rate = 44100
+    tone = np.sin(2 * np.pi * 1000 * np.arange(rate) / rate).astype(np.float32)
+    out = resample(tone, rate, 16000)
+    assert out.shape == (16000,) and abs(dominant_hz(out, 16000) - 1000) < 2
+
+
+def test_int_sample_formats_are_scaled_to_unit_range():
+    import av
+
+    frame = av.AudioFrame.from_ndarray(np.array([[16384, -32768]], dtype=np.int16), format="s16", layout="mono")
+    assert frame_to_float(frame).tolist() == [[0.5, -1.0]]
+
+
+@pytest.mark.parametrize("data, stage, reason", [
+    (b"RIFF\x00\x00\x00\x00WAVEjunk", "decode", "not a media file PyAV can open"),
+    (b"\x00" * 2048, "decode", "not a media file PyAV can open"),
+])
+def test_corrupt_audio_is_dropped(tmp_path, data, stage, reason):
+    path = tmp_path / "bad.wav"
+    path.write_bytes(data)
+    with pytest.raises(DropSample) as drop:
+        decode_segment(str(path), 0.0, 10.0, CFG)
+    assert drop.value.stage == stage and reason in drop.value.reason
+
+
+def test_video_without_audio_track_is_dropped(tmp_path):
+    path = write_video(tmp_path / "silent.mp4", 1.0, 30.0, (64, 48), audio_codec=None)
+    with pytest.raises(DropSample) as drop:
+        decode_segment(str(path), 0.0, 10.0, CFG)
+    assert drop.value.reason == "file has no audio stream"
+
+
+def test_too_little_audio_is_dropped(tmp_path):
+    path = write_audio(tmp_path / "blip.wav", seconds=0.2, rate=16000, channels=1)
+    with pytest.raises(DropSample) as drop:
+        decode_segment(str(path), 0.0, 10.0, CFG)
+    assert drop.value.stage == "duration" and "min_seconds" in drop.value.reason
