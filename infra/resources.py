@@ -7,7 +7,7 @@ These requests are what the Ray autoscaler reads: a stage asking for ``gpus: 1``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 
 @dataclass
@@ -33,6 +33,19 @@ class WorkerResources:
         """Ray's accelerator-type resource (a tiny fraction pins the node type without using it up)."""
         return {f"accelerator_type:{self.accelerator_type}": 0.001} if self.accelerator_type else {}
 
+    def bundle(self) -> dict[str, float]:
+        """One worker's Ray resources: what the autoscaler must find a node type with room for."""
+        out = {"CPU": self.cpus, **self.custom_resources()}
+        if self.gpus:
+            out["GPU"] = self.gpus
+        if self.memory_gb is not None:
+            out["memory"] = int(self.memory_gb * 1024**3)
+        return out
+
+    def fits(self, node_resources: Mapping[str, float]) -> bool:
+        """Whether one worker fits on a node offering ``node_resources`` (a node type's totals)."""
+        return all(node_resources.get(name, 0) >= amount for name, amount in self.bundle().items() if amount)
+
     def ray_remote_args(self) -> dict:
         """Keyword arguments for ``ray.remote``/``map_batches``: num_cpus, num_gpus, memory, resources."""
         args: dict = {"num_cpus": self.cpus, "num_gpus": self.gpus}
@@ -46,13 +59,8 @@ class WorkerResources:
         """A Ray Train ``ScalingConfig`` asking for ``num_workers`` workers of this shape."""
         from ray.train import ScalingConfig
 
-        per_worker = {"CPU": self.cpus, **self.custom_resources()}
-        if self.gpus:
-            per_worker["GPU"] = self.gpus
-        if self.memory_gb is not None:
-            per_worker["memory"] = int(self.memory_gb * 1024**3)
         return ScalingConfig(num_workers=num_workers, use_gpu=self.use_gpu,
-                             resources_per_worker=per_worker)
+                             resources_per_worker=self.bundle())
 
     def entrypoint_resources(self) -> dict:
         """Keyword arguments for ``JobSubmissionClient.submit_job`` (the driver's own needs)."""
