@@ -1,7 +1,7 @@
 """Video -> fixed-length clips: PyAV threaded decode, frame-skipping to a target fps, scaling in the
 decoder's scaler (swscale), the clip's middle frame as image prompt and its aligned audio segment.
 
-Why it is shaped this way (measured on a 10 s 640x360 H.264 file, see BENCHMARKS.md):
+Why it is shaped this way (measured on a 10 s 640x360 H.264 file, see the README's benchmark section):
 - every frame must be decoded (inter-frame codecs), but a frame not on the target fps grid is never
   converted to RGB: at 30 -> 4 fps that skips 87% of the colour conversion and scaling;
 - one ``VideoReformatter`` is reused for the whole file, so swscale builds its filter tables once
