@@ -176,7 +176,7 @@ class UNet(nn.Module):
         return h
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        emb = self.time_embed(timestep_embedding(t, self.cfg.base_channels))
+        emb = self.time_embed(timestep_embedding(t, self.cfg.base_channels).to(z_t.dtype))
         h = self.conv_in(z_t)
         skips = [h]
         for stage in self.down:

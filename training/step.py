@@ -40,13 +40,14 @@ def text_to_image_loss(model: TextToImageDiffuser, images, captions: list[str],
     """Mean diffusion loss of a batch (uint8 images + captions) under the model's DiffusionConfig."""
     cfg = model.cfg
     schedule = schedule or build_schedule(cfg.diffusion)
-    device = next(model.unet.parameters()).device
+    param = next(model.unet.parameters())
+    device = param.device
     x0 = images_to_x0(images).to(device)
-    context = model.encode_text(drop_captions(list(captions), cfg.cond_drop_prob, generator))
+    context = model.encode_text(drop_captions(list(captions), cfg.cond_drop_prob, generator)).to(param.dtype)
     t = sample_timesteps(schedule, x0.shape[0], generator=generator).to(device)
     eps = sample_noise(cfg.diffusion, x0.shape, generator=generator).to(device)
     alpha, sigma = schedule.alpha(t).float(), schedule.sigma(t).float()
     z_t = q_sample(x0, eps, alpha, sigma)
-    output = model(z_t, t, context)
+    output = model(z_t.to(param.dtype), t, context)  # bf16 engines hold bf16 weights; the loss stays fp32
     return diffusion_loss(output, x0, eps, alpha, sigma, cfg.diffusion.prediction,
                           cfg.diffusion.min_snr_gamma).mean()

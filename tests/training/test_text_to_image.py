@@ -78,3 +78,13 @@ def test_save_and_load_pretrained_gives_identical_outputs(tmp_path, model_cfg):
     context = model.encode_text(["a green triangle"])
     assert torch.equal(model(z, t, context), loaded(z, t, loaded.encode_text(["a green triangle"])))
     assert loaded.cfg == model_cfg
+
+
+def test_bf16_model_trains_with_fp32_loss(model_cfg):
+    """precision=bf16 engines hold bf16 weights: inputs are cast to them, the loss stays fp32."""
+    model = TextToImageDiffuser(model_cfg).to(torch.bfloat16)
+    images = np.zeros((2, model_cfg.image_size, model_cfg.image_size, 3), dtype=np.uint8)
+    loss = text_to_image_loss(model, images, ["a red circle", ""], torch.Generator().manual_seed(0))
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert model.unet.conv_in.weight.grad is not None and model.unet.conv_in.weight.grad.dtype == torch.bfloat16
