@@ -159,8 +159,7 @@ def exists(uri: str, s3: S3Config | None = None) -> bool:
     return with_retries(f"checking {uri}", lambda: fs.get_file_info(path).type != pafs.FileType.NotFound, s3)
 
 
-def list_files(uri: str, suffix: str = "", s3: S3Config | None = None, recursive: bool = False) -> list[str]:
-    """Sorted URIs of files under ``uri`` (directly, or at any depth) whose names end with ``suffix``."""
+def _entries(uri: str, s3: S3Config | None, recursive: bool) -> tuple[str, list]:
     fs, path = resolve(uri, s3)
 
     def listing():
@@ -168,10 +167,21 @@ def list_files(uri: str, suffix: str = "", s3: S3Config | None = None, recursive
             return []
         return fs.get_file_info(pafs.FileSelector(path, recursive=recursive))
 
-    infos = with_retries(f"listing {uri}", listing, s3)
+    return path, with_retries(f"listing {uri}", listing, s3)
+
+
+def list_files(uri: str, suffix: str = "", s3: S3Config | None = None, recursive: bool = False) -> list[str]:
+    """Sorted URIs of files under ``uri`` (directly, or at any depth) whose names end with ``suffix``."""
+    path, infos = _entries(uri, s3, recursive)
     rel = sorted(i.path[len(path):].lstrip("/") for i in infos
                  if i.type == pafs.FileType.File and i.base_name.endswith(suffix))
     return [join(str(uri), r) for r in rel]
+
+
+def list_dirs(uri: str, s3: S3Config | None = None) -> list[str]:
+    """Sorted URIs of the folders directly under ``uri`` (S3: the common prefixes)."""
+    _, infos = _entries(uri, s3, recursive=False)
+    return [join(str(uri), name) for name in sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)]
 
 
 def require_bucket(uri: str, s3: S3Config | None = None) -> None:

@@ -21,6 +21,15 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Fake AWS credentials, set before the session's Ray starts: Ray workers inherit the environment of
+# the process that starts Ray, which is how the standard AWS credential chain reaches them. The
+# endpoint is not set in the environment: jobs get it from config (``s3.endpoint_url``) and pin it
+# for their tasks, which is the path under test.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "codiray-test-key")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "codiray-test-secret")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.pop("AWS_ENDPOINT_URL", None)
+os.environ.pop("AWS_ENDPOINT_URL_S3", None)
 # DeepSpeed JIT-builds a comm op on first use (60-80 s on 2 cores): keep it across runs.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(_REAL_HOME / ".cache" / "codiray" / "torch_extensions"))
 
@@ -37,3 +46,25 @@ def ray_local():
                                        "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API (moto's server) on 127.0.0.1 (random port) for the whole session; yields its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture()
+def bucket(s3_endpoint, request):
+    """A fresh bucket per test (named after the test), as an ``s3://`` URI."""
+    import boto3
+
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return f"s3://{name}"

@@ -24,7 +24,7 @@ from models.diffusion.config import build_schedule, noise_fn, sample_noise
 from models.diffusion.guidance import guided_denoiser
 from models.diffusion.samplers import ddim_sample
 from models.diffusion.schedules import sampling_timesteps
-from models.text_to_image import WEIGHTS_NAME, TextToImageDiffuser
+from models.text_to_image import CONFIG_NAME, WEIGHTS_NAME, TextToImageDiffuser
 from pipelines import storage
 from training.loop import STATE_NAME
 from training.step import x0_to_images
@@ -41,16 +41,26 @@ def find_checkpoint(path: Path) -> Path:
 
 
 def local_copy(uri: str, tmp: str) -> Path:
-    """A local folder with the checkpoint's files (s3:// URIs are downloaded)."""
+    """A local folder holding the checkpoint to sample from.
+
+    For ``s3://`` only the model files of the chosen checkpoint are downloaded (not DeepSpeed's
+    optimizer shards); the endpoint comes from ``AWS_ENDPOINT_URL``, credentials from the AWS chain.
+    """
     if not storage.is_remote(uri):
         path = Path(uri).expanduser()
         if not path.exists():
             raise UsageError(f"{uri}: checkpoint path does not exist")
         return path
-    import pyarrow.fs as pafs
-
-    fs, path = storage.resolve(uri)
-    pafs.copy_files(path, tmp, source_filesystem=fs)
+    if storage.exists(storage.join(uri, WEIGHTS_NAME)):
+        chosen = uri
+    else:
+        states = [d for d in storage.list_dirs(uri) if d.rsplit("/", 1)[-1].startswith("checkpoint_")
+                  and storage.exists(storage.join(d, STATE_NAME))]
+        if not states:
+            raise UsageError(f"{uri}: no checkpoint here (expected {WEIGHTS_NAME} or checkpoint_*/ folders)")
+        chosen = max(states, key=lambda d: json.loads(storage.read_bytes(storage.join(d, STATE_NAME)))["step"])
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        (Path(tmp) / name).write_bytes(storage.read_bytes(storage.join(chosen, name)))
     return Path(tmp)
 
 
