@@ -197,8 +197,8 @@ def run(args) -> int:
     rows = video_rows(files, args) + image_rows(files, args) + audio_rows(files, args)
     if not args.skip_ray:
         rows += ray_rows(files, root, args)
-    print(f"| measurement | codiray | baseline | baseline is | ratio | goal |")
-    print(f"|---|---:|---:|---|---:|---:|")
+    print("| measurement | codiray | baseline | baseline is | ratio | goal |")
+    print("|---|---:|---:|---|---:|---:|")
     for label, ours, base, what, ratio, goal in rows:
         mark = "ok" if ratio >= goal else "below"
         print(f"| {label} | {ours:.1f} | {base:.1f} | {what} | {ratio:.2f}x | >= {goal:g}x ({mark}) |")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 from codiray.errors import ConfigError
 
 T = TypeVar("T")
+_FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _type_name(tp: Any) -> str:
@@ -83,6 +85,9 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
             raise ConfigError(source, key, f"expected bool, got {_describe(value)}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_LITERAL.fullmatch(value.strip()):
+            # PyYAML reads `1e-4` (no dot) as a string: the most common way to write a learning rate.
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(source, key, f"expected float, got {_describe(value)}")
         return float(value)

@@ -18,8 +18,8 @@ from pipelines.config import PrepareConfig
 from pipelines.filters import check_caption
 from pipelines.images import DropSample
 from pipelines.job import Sample, per_row, run_sharded
-from pipelines.metadata import metadata_files, parse_seconds, read_csv_rows
-from pipelines.shards import encode_npy, sanitize_key
+from pipelines.metadata import assign_keys, metadata_files, parse_seconds, read_csv_rows
+from pipelines.shards import encode_npy
 
 STAGES = ["dedup", "metadata", "caption", "fetch", "decode", "duration"]
 AUDIOSET_COLUMNS = ["YTID", "start_seconds", "end_seconds", "positive_labels"]
@@ -49,9 +49,7 @@ def read_audioset(metadata: str, cfg: PrepareConfig) -> list[dict]:
     rows = []
     for file in files:
         rows.extend(read_csv_rows(file, cfg.s3, comment="#", fieldnames=AUDIOSET_COLUMNS))
-    for index, row in enumerate(rows):
-        ytid = (row.get("YTID") or "").strip()
-        row["key"] = sanitize_key(ytid) if ytid else f"row{index:09d}"
+    for row in assign_keys(rows, "YTID"):
         mids = [m.strip() for m in (row.get("positive_labels") or "").split(",") if m.strip()]
         unknown = [m for m in mids if m not in names]
         row["_labels"] = mids
@@ -80,11 +78,7 @@ def audiocaps_segment(row: dict, seconds: float) -> tuple[str, float, float]:
 
 
 def read_audiocaps(metadata: str, cfg: PrepareConfig) -> list[dict]:
-    rows = read_csv_rows(metadata, cfg.s3, required=AUDIOCAPS_COLUMNS)
-    for index, row in enumerate(rows):
-        cap_id = (row.get("audiocap_id") or "").strip()
-        row["key"] = sanitize_key(cap_id) if cap_id else f"row{index:09d}"
-    return rows
+    return assign_keys(read_csv_rows(metadata, cfg.s3, required=AUDIOCAPS_COLUMNS), "audiocap_id")
 
 
 def make_row_fn(style: str, cfg: PrepareConfig):

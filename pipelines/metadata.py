@@ -52,6 +52,16 @@ def read_csv_rows(uri: str, s3: S3Config | None = None, comment: str | None = No
     return rows
 
 
+def assign_keys(rows: list[dict], column: str) -> list[dict]:
+    """Each row's sample ``key`` from ``column`` (made WebDataset-safe), or ``row<index>`` when empty."""
+    from pipelines.shards import sanitize_key
+
+    for index, row in enumerate(rows):
+        value = (row.get(column) or "").strip()
+        row["key"] = sanitize_key(value) if value else f"row{index:09d}"
+    return rows
+
+
 def parse_iso_duration(text) -> float:
     """WebVid's ``PT00H00M17S`` (ISO-8601 duration) in seconds; DropSample if it is not one."""
     match = _ISO_DURATION.match(str(text).strip()) if text is not None else None

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 
-from pipelines import media, storage
+from pipelines import media
 from pipelines.clipfilter import ClipFilter
 from pipelines.config import PrepareConfig
 from pipelines.filters import check_caption
 from pipelines.images import DropSample
 from pipelines.job import Sample, per_row, run_sharded
-from pipelines.metadata import parse_iso_duration, read_csv_rows
-from pipelines.shards import encode_npy, sanitize_key
+from pipelines.metadata import assign_keys, parse_iso_duration, read_csv_rows
+from pipelines.shards import encode_npy
 from pipelines.video import decode_clips
 
 STAGES = ["dedup", "metadata", "caption", "fetch", "decode", "duration", "clip_score"]
@@ -25,11 +25,7 @@ COLUMNS = ("videoid", "name")
 
 
 def read_metadata(uri: str, cfg: PrepareConfig) -> list[dict]:
-    rows = read_csv_rows(uri, cfg.s3, required=COLUMNS)
-    for index, row in enumerate(rows):
-        videoid = (row.get("videoid") or "").strip()
-        row["key"] = sanitize_key(videoid) if videoid else f"row{index:09d}"
-    return rows
+    return assign_keys(read_csv_rows(uri, cfg.s3, required=COLUMNS), "videoid")
 
 
 def clip_samples(key: str, caption: str, source: str, clips: list[dict], cfg: PrepareConfig) -> list[Sample]:

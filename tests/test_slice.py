@@ -84,3 +84,18 @@ def test_generate_writes_decodable_pngs_of_the_configured_size(demo, tmp_path, c
             assert image.size == (size, size) and image.mode == "RGB"
     assert "wrote 4 images" in capsys.readouterr().out
     assert Path(paths["loss_plot"]).is_file()
+
+
+def test_train_command_runs_a_recipe_with_overrides(demo, tmp_path, capsys):
+    cfg, out, paths = demo
+    code = main(["train", "--recipe", "text_to_image_demo_debug", "--data", paths["shards"],
+                 "--storage-path", str(tmp_path), "--name", "cli-run", "max_steps=2", "checkpoint_every=2",
+                 "optim.lr=5e-4"])
+    assert code == 0
+    import yaml
+
+    resolved = yaml.safe_load((tmp_path / "cli-run" / "train_config.yaml").read_text())
+    assert (resolved["max_steps"], resolved["optim"]["lr"], resolved["data"]["path"]) == (2, 5e-4, paths["shards"])
+    checkpoint = find_checkpoint(tmp_path / "cli-run")
+    assert json.loads((checkpoint / STATE_NAME).read_text())["step"] == 2
+    assert "trained cli-run: step 2" in capsys.readouterr().out

@@ -42,6 +42,14 @@ def test_good_file_loads_nested_values_and_coerces_ints_to_floats(tmp_path):
     assert isinstance(cfg.rate, float)
 
 
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    # PyYAML reads `1e-4` as the string "1e-4"; a float field must still take it, and only it.
+    assert load_config(Outer, write(tmp_path, "rate: 1e-4\nlimit: -2E+3\n")).rate == 1e-4
+    assert load_config(Outer, None, ["limit=3e-2"]).limit == 0.03
+    with pytest.raises(ConfigError, match="expected float, got str '1e-4x'"):
+        load_config(Outer, write(tmp_path, "rate: 1e-4x\n", "bad.yaml"))
+
+
 def test_unknown_key_names_file_and_dotted_key(tmp_path):
     path = write(tmp_path, {"inner": {"sise": 3}})
     with pytest.raises(ConfigError) as err:

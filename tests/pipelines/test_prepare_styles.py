@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from corpora import LAION_BAD, audiocaps_corpus, audioset_corpus, laion_corpus, webvid_corpus
-from pipeline_helpers import assert_reconciles, read_ledger, read_manifest, small_config
+from pipeline_helpers import assert_reconciles, read_ledger, small_config
 
 from pipelines.cli import prepare
 from pipelines.reader import read_shards
