@@ -17,15 +17,46 @@ import sys
 from codiray.errors import CodirayError
 
 
-def _commands():
-    # Imported lazily so `codiray --help` stays fast and a broken optional dep names its command.
-    from codiray import bench, demo
-    from infra import submit
-    from pipelines import cli as prepare_cli
-    from training import cli as train_cli
+def _prepare():
+    from pipelines import cli
+
+    return cli
+
+
+def _train():
+    from training import cli
+
+    return cli
+
+
+def _generate():
     from training import generate
 
-    return [prepare_cli, train_cli, generate, demo, submit, bench]
+    return generate
+
+
+def _demo():
+    from codiray import demo
+
+    return demo
+
+
+def _cluster():
+    from infra import submit
+
+    return submit
+
+
+def _bench():
+    from codiray import bench
+
+    return bench
+
+
+# Subcommand -> the module that registers it. Only the invoked one is imported (training's pull in
+# torch, ~2 s), so `codiray submit`/`jobs`/`prepare` start fast; `--help` imports them all.
+COMMANDS = {"prepare": _prepare, "train": _train, "generate": _generate, "demo": _demo,
+            "submit": _cluster, "jobs": _cluster, "bench": _bench}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,7 +64,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"codiray: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv`` naming a known subcommand, only that command's module is loaded."""
     parser = _Parser(
         prog="codiray",
         description="Train composable any-to-any diffusion models (CoDi) at cluster scale on Ray.",
@@ -41,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
     subparsers.required = True
-    for module in _commands():
-        module.register(subparsers)
+    command = next((a for a in (argv or []) if not a.startswith("-")), None)
+    loaders = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for load in loaders:
+        load().register(subparsers)
     return parser
 
 
@@ -55,7 +89,8 @@ def split_overrides(extra: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)
     overrides, unknown = split_overrides(extra)
     if unknown and not getattr(args, "accepts_passthrough", False):

@@ -61,7 +61,14 @@ def _register_submit(subparsers) -> None:
     parser.add_argument("--job-id", help="submission id to use (default: codiray-<command>-<random>)")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="the codiray command to run, after '--' (e.g. -- train --recipe R)")
-    parser.set_defaults(func=run_submit, known_commands=lambda: sorted(subparsers.choices))
+    parser.set_defaults(func=run_submit, known_commands=_codiray_commands)
+
+
+def _codiray_commands() -> list[str]:
+    # All subcommands, not only the registered ones: the CLI registers just the one it runs.
+    from codiray.cli import COMMANDS
+
+    return sorted(COMMANDS)
 
 
 def _register_jobs(subparsers) -> None:
