@@ -75,5 +75,9 @@ class TextToImageDiffuser(nn.Module):
         cfg = from_dict(TextToImageModelConfig, json.loads((directory / CONFIG_NAME).read_text()),
                         source=str(directory / CONFIG_NAME))
         model = cls(cfg)
-        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=map_location))
+        try:
+            model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=map_location))
+        except Exception as err:  # safetensors' header errors, missing/unexpected/mis-shaped tensors
+            problem = str(err).strip().splitlines()[0][:300]
+            raise UsageError(f"{directory / WEIGHTS_NAME}: cannot load weights ({type(err).__name__}: {problem})") from None
         return model

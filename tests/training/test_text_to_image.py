@@ -88,3 +88,14 @@ def test_bf16_model_trains_with_fp32_loss(model_cfg):
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert model.unet.conv_in.weight.grad is not None and model.unet.conv_in.weight.grad.dtype == torch.bfloat16
+
+
+def test_corrupt_or_mismatched_weights_are_one_clear_error(tmp_path, model_cfg):
+    from codiray.errors import UsageError
+
+    TextToImageDiffuser(model_cfg).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(UsageError, match="model.safetensors: cannot load weights"):
+        TextToImageDiffuser.from_pretrained(tmp_path)
+    with pytest.raises(UsageError, match="nowhere: no model.safetensors"):
+        TextToImageDiffuser.from_pretrained(tmp_path / "nowhere")
