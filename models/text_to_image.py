@@ -59,6 +59,7 @@ class TextToImageDiffuser(nn.Module):
         return self.unet(z_t, t, context)
 
     def save_pretrained(self, directory: str | Path) -> Path:
+        """Weights as safetensors + the config as JSON (diffusers-style, loadable without the run)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}

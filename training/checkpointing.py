@@ -11,7 +11,7 @@ import torch
 
 
 def _allowed_globals() -> list:
-    """Non-tensor types found in DeepSpeed ZeRO-0..3 checkpoints (checked by tests/training)."""
+    """Non-tensor types found in DeepSpeed ZeRO-0..2 checkpoints, fp32 and bf16 (tests/training/test_deepspeed_checkpoints.py)."""
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address

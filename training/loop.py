@@ -43,33 +43,42 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     return optimizer, scheduler
 
 
-def batches_forever(shard, cfg: TrainConfig):
-    """Epoch after epoch over this worker's stream of the dataset."""
-    epoch = 0
+def batches_forever(shard, cfg: TrainConfig, first_epoch: int = 0):
+    """Epoch after epoch over this worker's stream of the dataset (reshuffled per epoch)."""
+    epoch = first_epoch
     while True:
+        yielded = False
         for batch in shard.iter_batches(batch_size=cfg.batch_size_per_worker, batch_format="numpy",
                                         drop_last=True, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
                                         local_shuffle_seed=cfg.seed + epoch):
+            yielded = True
             yield epoch, batch
+        if not yielded:  # else `while True` would re-read the shards forever without a step
+            raise ValueError(f"{cfg.data.path}: this worker's share of the data holds fewer than "
+                             f"batch_size_per_worker={cfg.batch_size_per_worker} samples; use more data, "
+                             f"fewer workers or a smaller batch")
         epoch += 1
 
 
-def save_checkpoint(engine, model, step: int, rank: int, directory: Path, history: list[dict]) -> None:
+def save_checkpoint(engine, step: int, epoch: int, rank: int, directory: Path, history: list[dict]) -> None:
     """DeepSpeed's sharded state (every rank writes its part) + safetensors weights from rank 0."""
-    engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, client_state={"step": step})
+    engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, client_state={"step": step, "epoch": epoch})
     if rank == 0:
-        model.save_pretrained(directory)
-        (directory / STATE_NAME).write_text(json.dumps({"step": step}))
+        engine.module.save_pretrained(directory)
+        (directory / STATE_NAME).write_text(json.dumps({"step": step, "epoch": epoch}))
         (directory / HISTORY_NAME).write_text(json.dumps(history))
 
 
-def mean_over_workers(value: float) -> float:
-    """The metric averaged over all data-parallel workers (each saw a different batch)."""
+def mean_over_workers(value: float, device: torch.device) -> float:
+    """The metric averaged over all data-parallel workers (each saw a different batch).
+
+    The tensor lives on the engine's device: an NCCL process group has no CPU backend.
+    """
     import torch.distributed as dist
 
     if not dist.is_initialized():
         return value
-    tensor = torch.tensor([value], dtype=torch.float64)
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.item() / dist.get_world_size()
 
@@ -93,12 +102,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                            config=deepspeed_config(cfg))
     use_safe_checkpoint_loading(engine)
 
-    step, history = 0, []
+    step, epoch, history = 0, 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             _, client_state = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG)
-            step = int(client_state["step"])
+            step, epoch = int(client_state["step"]), int(client_state.get("epoch", 0))
             if (Path(directory) / HISTORY_NAME).is_file():
                 history = json.loads((Path(directory) / HISTORY_NAME).read_text())
 
@@ -106,7 +115,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 7919 * step)  # fresh noise per resume
     shard = ray.train.get_dataset_shard("train")
     losses, started = [], time.perf_counter()
-    for epoch, batch in batches_forever(shard, cfg):
+    for epoch, batch in batches_forever(shard, cfg, first_epoch=epoch):
         if step >= cfg.max_steps:
             break
         loss = text_to_image_loss(engine.module, batch["image"], batch["caption"].tolist(), generator, schedule)
@@ -119,14 +128,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if step % cfg.log_every and step % cfg.checkpoint_every and not last:
             continue
         elapsed = time.perf_counter() - started
-        metrics = {"step": step, "epoch": epoch, "loss": mean_over_workers(sum(losses) / len(losses)),
+        metrics = {"step": step, "epoch": epoch, "loss": mean_over_workers(sum(losses) / len(losses), engine.device),
                    "lr": scheduler.get_last_lr()[0],
                    "samples_per_s": len(losses) * cfg.batch_size_per_worker * world / max(elapsed, 1e-9)}
         losses, started = [], time.perf_counter()
         history.append(metrics)
         if step % cfg.checkpoint_every == 0 or last:
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(engine, engine.module, step, rank, Path(tmp), history)
+                save_checkpoint(engine, step, epoch, rank, Path(tmp), history)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
