@@ -8,11 +8,14 @@ the cluster size or the order tasks finish in, and a re-run skips slices already
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import pickle
 from dataclasses import replace
 from typing import Callable, Optional
 
+from codiray.config import to_dict
 from codiray.errors import CodirayError
 from pipelines import shards, storage
 from pipelines.config import PrepareConfig
@@ -53,6 +56,32 @@ def plan_slices(rows: list[dict], per_shard: int) -> list[tuple[str, list[dict]]
     return [(shards.shard_name(i), rows[start:start + per_shard]) for i, start in enumerate(range(0, len(rows), per_shard))]
 
 
+PLAN_NAME = "_plan.json"
+
+
+def plan_fingerprint(style: str, slices: list[tuple[str, list[dict]]], cfg: PrepareConfig) -> str:
+    """Hash of what decides the output: the style, which keys go to which shard, and the processing
+    config (not where it runs: the S3 endpoint, worker resources and concurrency are left out)."""
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("s3", "worker", "concurrency")}
+    plan = {"style": style, "slices": [[name, [r["key"] for r in chunk]] for name, chunk in slices],
+            "config": settings}
+    return hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def claim_output(out: str, fingerprint: str, cfg: PrepareConfig) -> None:
+    """Refuse to resume into an ``--out`` whose committed shards came from another plan (other
+    inputs or settings): their keys would silently mix with this run's. Records the plan otherwise."""
+    plan_uri = storage.join(out, PLAN_NAME)
+    previous = json.loads(storage.read_bytes(plan_uri, cfg.s3))["fingerprint"] if storage.exists(plan_uri, cfg.s3) else None
+    if previous is None and shards.done_shards(out, cfg.s3):
+        previous = "unknown"
+    if previous is not None and previous != fingerprint:
+        raise JobError(f"{out}: already holds shards prepared from other inputs or settings; "
+                       f"use a fresh --out (or delete this one) to prepare this corpus")
+    if previous is None:
+        storage.write_bytes(plan_uri, json.dumps({"fingerprint": fingerprint}).encode(), cfg.s3)
+
+
 def _unwrap(err: BaseException) -> BaseException:
     """The user-facing error inside Ray's task-error wrappers, if there is one."""
     seen = err
@@ -75,6 +104,7 @@ def run_sharded(rows: list[dict], out: str, style: str, cfg: PrepareConfig, proc
     num_input = len(rows)
     rows, pre_dropped = dedup_by_key(rows)
     slices = plan_slices(rows, cfg.shards.samples_per_shard)
+    claim_output(out, plan_fingerprint(style, slices, cfg), cfg)
     done = shards.done_shards(out, cfg.s3)
     # Rows travel pickled: metadata columns are heterogeneous (NaN, bytes) and must reach the task as-is.
     todo = [{"shard": name, "payload": pickle.dumps(chunk)} for name, chunk in slices if name not in done]
@@ -117,7 +147,8 @@ def run_sharded(rows: list[dict], out: str, style: str, cfg: PrepareConfig, proc
                 raise JobError(str(inner)) from None
             raise
         log.info("%s: committed %d shards", style, len(results))
-    return shards.finalize(out, num_input, style, cfg.s3, pre_dropped, stages)
+    planned = {name: [r["key"] for r in chunk] for name, chunk in slices}
+    return shards.finalize(out, num_input, style, cfg.s3, pre_dropped, stages, planned)
 
 
 def per_row(fn: Callable[[dict], list[Sample]]) -> ShardFn:

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from codiray.errors import JobFailed
 from pipelines import storage
 from pipelines.storage import S3Config
 
@@ -163,11 +164,30 @@ def stage_flow(num_input: int, dropped: list[dict], stages: list[str]) -> list[d
     return flow
 
 
+def check_records(out: str, records: list[dict], planned: dict[str, list[str]]) -> None:
+    """Key-level accounting: the records are exactly the planned shards, each owns exactly its
+    planned keys, and every one of them is either written or dropped, never both or neither."""
+    names = {r["shard"] for r in records}
+    if names != set(planned):
+        odd = sorted(names.symmetric_difference(planned))[:3]
+        raise JobFailed(f"{out}: shard records do not match this run's plan (e.g. {', '.join(odd)})")
+    for record in records:
+        owned, written = set(record["input_keys"]), set(record["written"])
+        dropped = [d["key"] for d in record["dropped"]]
+        if record["input_keys"] != planned[record["shard"]] or written & set(dropped) \
+                or len(dropped) != len(set(dropped)) or written | set(dropped) != owned:
+            raise JobFailed(f"{out}: {record['shard']}: its written and dropped keys do not account for "
+                            f"exactly the keys it was planned to own")
+
+
 def finalize(out: str, num_input: int, style: str, s3: S3Config | None = None,
-             pre_dropped: list[dict] = (), stages: list[str] = ()) -> dict:
+             pre_dropped: list[dict] = (), stages: list[str] = (),
+             planned: dict[str, list[str]] | None = None) -> dict:
     """Fold shard records (+ drops made before sharding, e.g. dedup) into manifest and ledger."""
     records = [json.loads(storage.read_bytes(p, s3))
                for p in storage.list_files(storage.join(out, PARTS_DIR), ".json", s3)]
+    if planned is not None:
+        check_records(out, records, planned)
     dropped = list(pre_dropped) + [d for r in records for d in r["dropped"]]
     written = sum(len(r["written"]) for r in records)
     flow = stage_flow(num_input, dropped, list(stages))
@@ -182,7 +202,7 @@ def finalize(out: str, num_input: int, style: str, s3: S3Config | None = None,
         "per_stage": {"dropped": dict(sorted(Counter(d["stage"] for d in dropped).items())), "flow": flow},
     }
     if num_input != written + len(dropped) or (flow and flow[-1]["out"] != written):
-        raise RuntimeError(f"{out}: counts do not reconcile: input {num_input} != written {written} "
+        raise JobFailed(f"{out}: counts do not reconcile: input {num_input} != written {written} "
                            f"+ dropped {len(dropped)}")
     table = pa.Table.from_pylist(dropped, schema=pa.schema([(c, pa.string()) for c in LEDGER_COLUMNS]))
     buf = io.BytesIO()
