@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides, unknown = split_overrides(extra)
     if unknown and not getattr(args, "accepts_passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if overrides and not getattr(args, "accepts_overrides", False):
+        parser.error(f"'{args.command}' takes no key=value config overrides: {' '.join(overrides)}")
     args.overrides = overrides
     args.passthrough = unknown
     try:

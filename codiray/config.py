@@ -171,8 +171,11 @@ def parse_overrides(overrides: list[str]) -> dict:
             value = raw
         node = out
         parts = dotted.split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError("<command line>", ".".join(parts[:depth + 1]),
+                                  f"given both a value and nested keys ({dotted})")
         node[parts[-1]] = value
     return out
 

@@ -129,7 +129,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="codiray-demo", help="folder standing in for the bucket + results")
     parser.add_argument("--config", help="YAML with DemoConfig keys")
     parser.add_argument("--debug", action="store_true", help="tiny sizes (seconds, not minutes)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, accepts_overrides=True)
 
 
 def run(args) -> int:

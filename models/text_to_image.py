@@ -75,6 +75,9 @@ class TextToImageDiffuser(nn.Module):
                 raise UsageError(f"{directory}: no {name} — not a codiray model checkpoint")
         cfg = from_dict(TextToImageModelConfig, json.loads((directory / CONFIG_NAME).read_text()),
                         source=str(directory / CONFIG_NAME))
+        # The text tower's weights are in the safetensors file: build the architecture only, so a
+        # checkpoint trained from open_clip's pretrained tower loads offline.
+        cfg.text_encoder.pretrained = None
         model = cls(cfg)
         try:
             model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=map_location))

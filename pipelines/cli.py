@@ -31,7 +31,7 @@ def register(subparsers) -> None:
                         help="folder of media files named by key, or of img2dataset tars (path or s3://...)")
     parser.add_argument("--out", required=True, help="output folder (path or s3://...)")
     parser.add_argument("--config", help="YAML with PrepareConfig keys")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, accepts_overrides=True)
 
 
 def run(args) -> int:

@@ -38,7 +38,7 @@ def read_metadata(uri: str, cfg: PrepareConfig) -> list[dict]:
                          f"(has: {', '.join(table.column_names)})")
     rows = table.to_pylist()
     for index, row in enumerate(rows):
-        row["key"] = sanitize_key(row["key"]) if row.get("key") is not None else f"{index:09d}"
+        row["key"] = sanitize_key(row["key"]) if row.get("key") is not None else f"row{index:09d}"
     return rows
 
 

@@ -99,3 +99,13 @@ def test_train_command_runs_a_recipe_with_overrides(demo, tmp_path, capsys):
     checkpoint = find_checkpoint(tmp_path / "cli-run")
     assert json.loads((checkpoint / STATE_NAME).read_text())["step"] == 2
     assert "trained cli-run: step 2" in capsys.readouterr().out
+
+
+def test_train_refuses_shards_that_do_not_fit_the_model(demo, capsys):
+    cfg, out, paths = demo
+    assert main(["train", "--recipe", "text_to_image_demo_debug", "--data", paths["shards"],
+                 "model.image_size=32"]) == 2
+    assert "images are 16x16x3 but model.image_size is 32" in capsys.readouterr().err
+    assert main(["train", "--recipe", "text_to_image_demo_debug", "--data", paths["shards"],
+                 "batch_size_per_worker=64"]) == 2
+    assert "cannot fill one batch of 64 on each of 2 workers" in capsys.readouterr().err

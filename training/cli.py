@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from codiray.config import load_config
 from codiray.errors import JobFailed, UsageError
@@ -26,27 +27,28 @@ def register(subparsers) -> None:
     parser.add_argument("--data", help="prepared shards (the --out of 'codiray prepare'); sets data.path")
     parser.add_argument("--name", help="run name (sets name)")
     parser.add_argument("--storage-path", help="where checkpoints go, local or s3:// (sets storage_path)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, accepts_overrides=True)
 
 
 def resolve_train_config(args) -> TrainConfig:
-    overrides = list(args.overrides)
-    for flag, key in (("data", "data.path"), ("name", "name"), ("storage_path", "storage_path")):
-        if getattr(args, flag, None):
-            overrides.append(f"{key}={getattr(args, flag)}")
-    cfg = load_config(TrainConfig, args.config, overrides, base=RECIPES[args.recipe]())
+    cfg = load_config(TrainConfig, args.config, args.overrides, base=RECIPES[args.recipe]())
+    # Flag values are plain strings (a run named 2024 or on stays a string; key=value is YAML).
+    if args.name:
+        cfg = replace(cfg, name=args.name)
+    if args.storage_path:
+        cfg = replace(cfg, storage_path=args.storage_path)
+    if args.data:
+        cfg = replace(cfg, data=replace(cfg.data, path=args.data))
     if not cfg.data.path:
         raise UsageError("no training data: pass --data SHARDS or set data.path")
     return cfg
 
 
 def run(args) -> int:
-    from training.launch import run_dir, train
-
-    from pipelines.reader import shard_uris
+    from training.launch import check_data_fits, run_dir, train
 
     cfg = resolve_train_config(args)
-    shard_uris(cfg.data.path, cfg.data.s3)  # fail on a wrong --data before starting Ray
+    check_data_fits(cfg)  # fail on wrong --data before starting Ray
     ensure_ray()
     result = train(cfg)
     if result.error:

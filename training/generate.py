@@ -66,17 +66,18 @@ def local_copy(uri: str, tmp: str) -> Path:
 
 @torch.no_grad()
 def generate_images(model: TextToImageDiffuser, prompts: list[str], steps: int = 50, eta: float = 1.0,
-                    guidance_scale: float = 3.0, seed: int = 0) -> np.ndarray:
+                    guidance_scale: float = 3.0, seed: int = 0, spacing: str = "trailing") -> np.ndarray:
     """uint8 ``b h w 3`` images for ``prompts`` (guidance in CoDi's scale convention s·c + (1−s)·u)."""
     model.eval()
     cfg = model.cfg
+    device = next(model.unet.parameters()).device
     schedule = build_schedule(cfg.diffusion)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     shape = (len(prompts), cfg.unet.in_channels, cfg.image_size, cfg.image_size)
-    x_T = sample_noise(cfg.diffusion, shape, generator=generator)
+    x_T = sample_noise(cfg.diffusion, shape, generator=generator, device=device)
     denoiser = guided_denoiser(model, model.encode_text(prompts), model.encode_text([""]),
                                weight=guidance_scale, convention="scale")
-    x0 = ddim_sample(denoiser, x_T, schedule, sampling_timesteps(schedule, steps), eta=eta,
+    x0 = ddim_sample(denoiser, x_T, schedule, sampling_timesteps(schedule, steps, spacing), eta=eta,
                      prediction=cfg.diffusion.prediction, generator=generator, clip_x0="static",
                      noise_fn=noise_fn(cfg.diffusion))
     return x0_to_images(x0)
@@ -120,6 +121,11 @@ def register(subparsers) -> None:
     parser.add_argument("--eta", type=float, default=1.0, help="DDIM η (CoDi: 1.0)")
     parser.add_argument("--guidance-scale", type=float, default=3.0, help="s in s·cond + (1−s)·uncond")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--spacing", choices=("trailing", "leading"), default="trailing",
+                        help="DDIM timestep spacing: trailing starts at the noisiest step (right for few "
+                             "steps); leading is LDM/CoDi's 981..1 for 50 steps")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device to sample on")
     parser.set_defaults(func=run)
 
 
@@ -129,13 +135,17 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = find_checkpoint(local_copy(args.checkpoint, tmp))
         model = TextToImageDiffuser.from_pretrained(checkpoint)
+    try:
+        model = model.to(args.device)
+    except (RuntimeError, AssertionError) as err:
+        raise UsageError(f"--device {args.device}: {str(err).splitlines()[0]}") from None
     prompts = [p for p in args.prompt for _ in range(args.num_per_prompt)]
-    images = generate_images(model, prompts, args.steps, args.eta, args.guidance_scale, args.seed)
+    images = generate_images(model, prompts, args.steps, args.eta, args.guidance_scale, args.seed, args.spacing)
     paths = write_samples(images, prompts, Path(args.out))
     grid = save_grid(images, Path(args.out) / "grid.png")
     settings = {"checkpoint": str(args.checkpoint), "resolved_checkpoint": str(checkpoint), "prompts": prompts,
                 "steps": args.steps, "eta": args.eta, "guidance_scale": args.guidance_scale, "seed": args.seed,
-                "sampler": "ddim", "guidance_convention": "scale"}
+                "sampler": "ddim", "spacing": args.spacing, "guidance_convention": "scale"}
     (Path(args.out) / "generation.json").write_text(json.dumps(settings, indent=2))
     print(f"wrote {len(paths)} images ({images.shape[2]}x{images.shape[1]}) from {checkpoint} to {args.out} "
           f"(grid: {grid})")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from codiray.config import save_config, to_dict
 from pipelines import storage
-from pipelines.reader import read_shards
+from codiray.errors import UsageError
+from pipelines.reader import read_manifest, read_shards
 from training.config import TrainConfig
 from training.loop import train_loop_per_worker
 
@@ -32,11 +33,29 @@ def run_dir(cfg: TrainConfig) -> str:
     return storage.join(storage_uri(cfg), cfg.name)
 
 
+def check_data_fits(cfg: TrainConfig) -> None:
+    """Fail before any worker starts when the shards cannot feed this model (one line each)."""
+    manifest = read_manifest(cfg.data.path, cfg.data.s3)
+    image = manifest.get("tensors", {}).get("image")
+    size = cfg.model.image_size
+    if image is None:
+        raise UsageError(f"{cfg.data.path}: the shards hold no 'image' tensors (style {manifest.get('style')!r}); "
+                         f"the text-to-image stage needs 'codiray prepare laion' output")
+    if list(image["shape"]) != [size, size, cfg.model.unet.in_channels]:
+        raise UsageError(f"{cfg.data.path}: images are {'x'.join(map(str, image['shape']))} but model.image_size "
+                         f"is {size}; prepare with image.size={size} or set model.image_size")
+    needed = cfg.batch_size_per_worker * cfg.scaling.num_workers
+    if manifest["samples"] < needed:
+        raise UsageError(f"{cfg.data.path}: {manifest['samples']} samples cannot fill one batch of "
+                         f"{cfg.batch_size_per_worker} on each of {cfg.scaling.num_workers} workers")
+
+
 def train(cfg: TrainConfig):
     """Fit the stage and return Ray Train's ``Result`` (``result.checkpoint`` is the latest)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    check_data_fits(cfg)
     dataset = read_shards(cfg.data.path, cfg.data.s3)
     resolved = run_dir(cfg)
     if storage.is_remote(resolved):

@@ -163,10 +163,15 @@ def continuous_timesteps(num_steps: int) -> list:
     return [1.0 - i / num_steps for i in range(num_steps)]
 
 
-def sampling_timesteps(schedule: Schedule, num_steps: int) -> list:
-    """The default descending sampler timesteps for ``schedule`` (DDIM spacing or uniform continuous)."""
+def sampling_timesteps(schedule: Schedule, num_steps: int,
+                       spacing: Literal["leading", "trailing"] = "leading") -> list:
+    """The descending sampler timesteps for ``schedule`` (DDIM spacing or uniform continuous).
+
+    With few steps ``leading`` starts far from the noisiest step (4 steps: t = 751, ᾱ ≈ 0.06) although
+    sampling starts from pure noise; ``trailing`` always starts at T−1 (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed").
+    """
     if schedule.discrete:
-        return ddim_timesteps(schedule.num_timesteps, num_steps)
+        return ddim_timesteps(schedule.num_timesteps, num_steps, spacing)
     return continuous_timesteps(num_steps)
 
 

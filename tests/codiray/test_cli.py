@@ -48,8 +48,22 @@ def test_bad_config_key_is_one_line_exit_2(tmp_path):
 def test_bad_usage_is_one_line_exit_2(tmp_path):
     for args in (("train", "--recipe", "nope"), ("frobnicate",), ("train", "--data", str(tmp_path), "stray"),
                  ("generate", "--checkpoint", str(tmp_path / "missing"), "--prompt", "x"),
-                 ("train", "--data", str(tmp_path), "max_steps=abc")):
+                 ("train", "--data", str(tmp_path), "max_steps=abc"),
+                 ("train", "--data", str(tmp_path), "optim=3", "optim.lr=1"),
+                 ("generate", "--checkpoint", str(tmp_path), "--prompt", "x", "--stepz=3"),
+                 ("generate", "--checkpoint", str(tmp_path), "--prompt", "x", "steps=3")):
         proc = run_cli(*args)
         assert proc.returncode == 2, (args, proc.stderr)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("codiray: error:"), (args, proc.stderr)
+
+
+def test_flag_values_stay_strings(tmp_path):
+    from argparse import Namespace
+
+    from training.cli import resolve_train_config
+
+    args = Namespace(recipe="text_to_image_demo_debug", config=None, overrides=["max_steps=4"],
+                     name="2024", storage_path="on", data="007")
+    cfg = resolve_train_config(args)
+    assert (cfg.name, cfg.storage_path, cfg.data.path, cfg.max_steps) == ("2024", "on", "007", 4)
