@@ -169,9 +169,16 @@ def test_missing_bucket_stops_the_job_with_one_line(ray_local, s3_endpoint, tmp_
     assert "no such bucket 'no-such-bucket'" in err
 
 
-def run_cli(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "codiray.cli", "prepare", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+def run_cli(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """`codiray prepare` in its own session; output goes to a file (a pipe nobody drains can fill up
+    and stall the job)."""
+    with open(log, "wb") as sink:
+        return subprocess.Popen([sys.executable, "-m", "codiray.cli", "prepare", *args], cwd=ROOT, env=env,
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:]
 
 
 def all_keys(out: Path) -> list[str]:
@@ -196,11 +203,11 @@ def test_killed_job_rerun_yields_the_same_keys(tmp_path):
               "video.size=32", "video.frames=4", "shards.samples_per_shard=1", "concurrency=1"]
 
     killed = tmp_path / "killed"
-    proc = run_cli(common + ["--out", str(killed)], env)
+    proc = run_cli(common + ["--out", str(killed)], env, tmp_path / "killed.log")
     parts = killed / "_parts"
     deadline = time.monotonic() + 240
     while not (parts.is_dir() and len(list(parts.glob("*.json"))) >= 3):
-        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        assert proc.poll() is None, tail(tmp_path / "killed.log")
         assert time.monotonic() < deadline, "no shard committed in time"
         time.sleep(0.05)  # polling for a file, not synchronising on time
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
@@ -208,11 +215,11 @@ def test_killed_job_rerun_yields_the_same_keys(tmp_path):
     done_before = len(list(parts.glob("*.json")))
     assert done_before < 24 and not (killed / "manifest.json").exists()
 
-    rerun = run_cli(common + ["--out", str(killed)], env)
-    assert rerun.wait(timeout=300) == 0, rerun.stdout.read().decode()[-2000:]
+    rerun = run_cli(common + ["--out", str(killed)], env, tmp_path / "rerun.log")
+    assert rerun.wait(timeout=300) == 0, tail(tmp_path / "rerun.log")
     whole = tmp_path / "whole"
-    straight = run_cli(common + ["--out", str(whole)], env)
-    assert straight.wait(timeout=300) == 0, straight.stdout.read().decode()[-2000:]
+    straight = run_cli(common + ["--out", str(whole)], env, tmp_path / "whole.log")
+    assert straight.wait(timeout=300) == 0, tail(tmp_path / "whole.log")
 
     keys_killed, keys_whole = all_keys(killed), all_keys(whole)
     assert len(keys_killed) == len(set(keys_killed)) == 48  # 24 videos x two 1 s clips

@@ -162,3 +162,25 @@ def test_clipping_keeps_the_sample_in_range(clip):
         out = sample(oracle(x_far, DISCRETE, "x0"), x_T, DISCRETE, ddim_timesteps(1000, 6), prediction="x0",
                      clip_x0=clip, generator=torch.Generator().manual_seed(0))
         assert float(out.abs().max()) <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_ddim_eta0_with_an_oracle_stays_on_the_noise_ray(prediction):
+    """Every intermediate z_s of deterministic DDIM (Eq. 12, η = 0) fed the true x₀ is exactly
+    α_s·x₀ + σ_s·ε for the ε that made z_T: the update itself, not only the last step, is checked."""
+    x0, eps = _x0_and_noise(shape=(2, 3, 5))
+    steps = ddim_timesteps(1000, 7, "trailing")
+    t0 = torch.tensor(steps[0])
+    x_T = DISCRETE.alpha(t0).float() * x0 + DISCRETE.sigma(t0).float() * eps
+    seen, inner = [], oracle(x0, DISCRETE, prediction)
+
+    def recording(z_t, t, w=None):
+        seen.append((int(t[0]), z_t.clone()))
+        return inner(z_t, t, w)
+
+    ddim_sample(recording, x_T, DISCRETE, steps, eta=0.0, prediction=prediction)
+    assert [t for t, _ in seen] == steps
+    for t, z in seen:
+        tt = torch.tensor(t)
+        expected = DISCRETE.alpha(tt).float() * x0 + DISCRETE.sigma(tt).float() * eps
+        assert torch.allclose(z, expected, atol=1e-5), t
