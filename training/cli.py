@@ -7,7 +7,6 @@ from dataclasses import replace
 
 from codiray.config import load_config
 from codiray.errors import JobFailed, UsageError
-from codiray.runtime import ensure_ray
 from training.config import TrainConfig
 from training.recipes import RECIPES
 
@@ -45,11 +44,9 @@ def resolve_train_config(args) -> TrainConfig:
 
 
 def run(args) -> int:
-    from training.launch import check_data_fits, run_dir, train
+    from training.launch import run_dir, train
 
     cfg = resolve_train_config(args)
-    check_data_fits(cfg)  # fail on wrong --data before starting Ray
-    ensure_ray()
     result = train(cfg)
     if result.error:
         raise JobFailed(f"training failed: {result.error}")

@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 
 from codiray.config import save_config, to_dict
-from pipelines import storage
 from codiray.errors import UsageError
+from codiray.runtime import ensure_ray
+from pipelines import storage
 from pipelines.reader import read_manifest, read_shards
 from training.config import TrainConfig
 from training.loop import train_loop_per_worker
@@ -55,7 +56,8 @@ def train(cfg: TrainConfig):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    check_data_fits(cfg)
+    check_data_fits(cfg)  # before Ray starts: a wrong --data is one line, not a failed cluster job
+    ensure_ray()
     dataset = read_shards(cfg.data.path, cfg.data.s3)
     resolved = run_dir(cfg)
     if storage.is_remote(resolved):
