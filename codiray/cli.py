@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from codiray.errors import CodirayError
+from common.errors import CodirayError
 
 
 def _prepare():
@@ -71,6 +71,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         description="Train composable any-to-any diffusion models (CoDi) at cluster scale on Ray.",
         epilog="Run 'codiray SUBCOMMAND --help' for each subcommand's flags and config keys.",
     )
+    # infra's `submit` checks the command it ships against every subcommand name; the table lives
+    # here, on top, and travels down on the parsed args (no import of the CLI from below).
+    parser.set_defaults(codiray_commands=tuple(sorted(COMMANDS)))
     subparsers = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
     subparsers.required = True
     command = next((a for a in (argv or []) if not a.startswith("-")), None)

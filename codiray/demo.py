@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codiray.config import load_config, save_config
-from codiray.errors import JobFailed
-from codiray.runtime import ensure_ray
+from common.config import load_config, save_config
+from common.errors import JobFailed
+from common.runtime import ensure_ray
 from pipelines.config import ImageConfig, PrepareConfig, ShardConfig
 from training.config import TrainConfig
 from training.recipes import text_to_image_demo, text_to_image_demo_debug

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional, TextIO
 
-from codiray.errors import CodirayError, JobFailed, UsageError
+from common.errors import CodirayError, JobFailed, UsageError
 
 ADDRESS_ENV_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")

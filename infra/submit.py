@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from codiray.errors import UsageError
+from common.errors import UsageError
 from infra import jobs_client as jc
 
 _ADDRESS_HELP = ("Ray Job API address, e.g. http://127.0.0.1:8265 (default: $RAY_API_SERVER_ADDRESS, "
@@ -61,14 +61,7 @@ def _register_submit(subparsers) -> None:
     parser.add_argument("--job-id", help="submission id to use (default: codiray-<command>-<random>)")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="the codiray command to run, after '--' (e.g. -- train --recipe R)")
-    parser.set_defaults(func=run_submit, known_commands=_codiray_commands)
-
-
-def _codiray_commands() -> list[str]:
-    # All subcommands, not only the registered ones: the CLI registers just the one it runs.
-    from codiray.cli import COMMANDS
-
-    return sorted(COMMANDS)
+    parser.set_defaults(func=run_submit)
 
 
 def _register_jobs(subparsers) -> None:
@@ -137,7 +130,8 @@ def _command_from(args) -> list[str]:
     if not command:
         raise UsageError("nothing to submit: give a codiray command after '--', "
                          "e.g. codiray submit -- prepare laion --metadata M --media D --out O")
-    known = [name for name in args.known_commands() if name not in _NOT_SUBMITTABLE]
+    # Every subcommand, not only the registered one: the CLI (above us) puts its table on args.
+    known = [name for name in args.codiray_commands if name not in _NOT_SUBMITTABLE]
     if command[0] not in known:
         raise UsageError(f"cannot submit '{command[0]}': expected a codiray command ({', '.join(known)})")
     return command
@@ -147,8 +141,8 @@ def _parse_resources(items: list[str]):
     """``--resources gpus=1,accelerator_type=L40S`` (repeatable) into a WorkerResources, or None."""
     if not items:
         return None
-    from codiray.config import from_dict
-    from infra.resources import WorkerResources
+    from common.config import from_dict
+    from common.resources import WorkerResources
 
     data = {}
     for item in items:

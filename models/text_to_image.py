@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from codiray.config import from_dict, to_dict
-from codiray.errors import UsageError
+from common.config import from_dict, to_dict
+from common.errors import UsageError
 from models.diffusion.config import DiffusionConfig
 from models.text_encoder import CLIPTextEncoder, TextEncoderConfig
 from models.unet import UNet, UNetConfig

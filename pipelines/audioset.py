@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import PurePosixPath
 
-from codiray.errors import UsageError
-from pipelines import media, storage
+from common.errors import UsageError
+from common import storage
+from pipelines import media
 from pipelines.audio import decode_segment
 from pipelines.config import PrepareConfig
 from pipelines.filters import check_caption

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from codiray.config import load_config, save_config
-from codiray.runtime import ensure_ray
-from pipelines import storage
+from common.config import load_config, save_config
+from common.runtime import ensure_ray
+from common import storage
 from pipelines.config import PrepareConfig
 
 STYLES = ("laion", "webvid", "audioset", "audiocaps")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from infra.resources import WorkerResources
-from pipelines.storage import S3Config
+from common.resources import WorkerResources
+from common.storage import S3Config
 
 
 @dataclass

@@ -15,9 +15,10 @@ import pickle
 from dataclasses import replace
 from typing import Callable, Optional
 
-from codiray.config import to_dict
-from codiray.errors import CodirayError
-from pipelines import shards, storage
+from common.config import to_dict
+from common.errors import CodirayError
+from common import storage
+from pipelines import shards
 from pipelines.config import PrepareConfig
 from pipelines.shards import ShardRecord
 

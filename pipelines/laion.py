@@ -10,8 +10,9 @@ import json
 
 import pyarrow.parquet as pq
 
-from codiray.errors import UsageError
-from pipelines import media, storage
+from common.errors import UsageError
+from common import storage
+from pipelines import media
 from pipelines.clipfilter import ClipFilter
 from pipelines.config import PrepareConfig
 from pipelines.filters import check_caption, check_metadata

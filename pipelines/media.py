@@ -11,9 +11,9 @@ import io
 import tarfile
 from pathlib import PurePosixPath
 
-from pipelines import storage
+from common import storage
 from pipelines.images import DropSample
-from pipelines.storage import S3Config
+from common.storage import S3Config
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac") + VIDEO_EXTENSIONS

@@ -11,10 +11,10 @@ import io
 import math
 import re
 
-from codiray.errors import UsageError
-from pipelines import storage
+from common.errors import UsageError
+from common import storage
 from pipelines.images import DropSample
-from pipelines.storage import S3Config
+from common.storage import S3Config
 
 _ISO_DURATION = re.compile(r"^P(?:(\d+)D)?T?(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?$")
 

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 
-from codiray.errors import UsageError
-from pipelines import storage
+from common.errors import UsageError
+from common import storage
 from pipelines.shards import decode_npy
-from pipelines.storage import S3Config
+from common.storage import S3Config
 
 
 def read_manifest(uri: str, s3: S3Config | None = None) -> dict:

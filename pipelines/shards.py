@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from codiray.errors import JobFailed
-from pipelines import storage
-from pipelines.storage import S3Config
+from common.errors import JobFailed
+from common import storage
+from common.storage import S3Config
 
 PARTS_DIR = "_parts"
 LEDGER_COLUMNS = ("key", "stage", "reason")

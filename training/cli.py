@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from codiray.config import load_config
-from codiray.errors import JobFailed, UsageError
+from common.config import load_config
+from common.errors import JobFailed, UsageError
 from training.config import TrainConfig
 from training.recipes import RECIPES
 

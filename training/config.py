@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from infra.resources import WorkerResources
+from common.resources import WorkerResources
 from models.text_to_image import TextToImageModelConfig
-from pipelines.storage import S3Config
+from common.storage import S3Config
 
 
 @dataclass

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from codiray.errors import UsageError
+from common.errors import UsageError
 from models.diffusion.config import build_schedule, noise_fn, sample_noise
 from models.diffusion.guidance import guided_denoiser
 from models.diffusion.samplers import ddim_sample
 from models.diffusion.schedules import sampling_timesteps
 from models.text_to_image import CONFIG_NAME, WEIGHTS_NAME, TextToImageDiffuser
-from pipelines import storage
+from common import storage
 from training.loop import STATE_NAME
 from training.step import x0_to_images
 

@@ -10,10 +10,10 @@ import logging
 import os
 from pathlib import Path
 
-from codiray.config import save_config, to_dict
-from codiray.errors import UsageError
-from codiray.runtime import ensure_ray
-from pipelines import storage
+from common.config import save_config, to_dict
+from common.errors import UsageError
+from common.runtime import ensure_ray
+from common import storage
 from pipelines.reader import read_manifest, read_shards
 from training.config import TrainConfig
 from training.loop import train_loop_per_worker

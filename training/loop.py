@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from codiray.config import from_dict
+from common.config import from_dict
 from training.config import TrainConfig
 
 DEEPSPEED_TAG = "deepspeed"

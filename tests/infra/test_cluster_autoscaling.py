@@ -120,7 +120,7 @@ DRIVER = textwrap.dedent("""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-    from infra.resources import WorkerResources
+    from common.resources import WorkerResources
 
     ray.init(address=sys.argv[1], log_to_driver=False)
     alive = lambda: [n for n in ray.nodes() if n["Alive"]]

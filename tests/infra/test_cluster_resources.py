@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from codiray.config import from_dict
-from codiray.errors import ConfigError
-from infra.resources import WorkerResources
+from common.config import from_dict
+from common.errors import ConfigError
+from common.resources import WorkerResources
 
 L40S_NODE = {"CPU": 44, "GPU": 4, "memory": 360 * 1024**3, "accelerator_type:L40S": 1}
 H100_NODE = {"CPU": 180, "GPU": 8, "memory": 1800 * 1024**3, "accelerator_type:H100": 1}

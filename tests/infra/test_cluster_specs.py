@@ -15,7 +15,7 @@ import ray
 import yaml
 
 from infra import specs
-from infra.resources import WorkerResources
+from common.resources import WorkerResources
 
 CRD_SHA256 = {  # KubeRay v1.7.0, vendored unchanged (see infra/crds/kuberay-v1.7.0/SOURCE.md)
     "ray.io_rayclusters.yaml": "c44704442eef0c6721ad40c1d66782c8bd3fdab9d3344306a5820910a679baa1",
@@ -209,7 +209,7 @@ def _codiray_commands(entrypoint: str) -> list[list[str]]:
 
 def test_rayjob_stages_fit_the_worker_groups_they_should_scale(rayjob):
     from codiray.cli import build_parser, split_overrides
-    from codiray.config import load_config
+    from common.config import load_config
     from pipelines.config import PrepareConfig
     from training.cli import resolve_train_config
 

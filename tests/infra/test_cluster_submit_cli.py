@@ -8,7 +8,7 @@ import pytest
 
 from cluster_helpers import REPO, free_port
 from codiray.cli import main
-from codiray.errors import CodirayError, ConfigError, UsageError
+from common.errors import CodirayError, ConfigError, UsageError
 from infra import jobs_client as jc
 from infra.submit import _command_from, _parse_resources, run_submit
 

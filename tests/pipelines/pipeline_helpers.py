@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines import storage
+from common import storage
 from pipelines.config import AudioConfig, PrepareConfig, ShardConfig, VideoConfig
-from pipelines.storage import S3Config
+from common.storage import S3Config
 
 
 def upload_tree(local: Path, uri: str, s3: S3Config) -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from codiray.errors import CodirayError, JobFailed
+from common.errors import CodirayError, JobFailed
 from pipelines import shards
 from pipelines.config import ImageConfig, PrepareConfig, ShardConfig
 from pipelines.laion import prepare_laion

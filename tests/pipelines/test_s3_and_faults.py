@@ -19,10 +19,10 @@ from corpora import audiocaps_corpus, audioset_corpus, laion_corpus, webvid_corp
 from pipeline_helpers import assert_reconciles, read_ledger, read_manifest, small_config, upload_tree
 
 from codiray.cli import main as codiray_main
-from pipelines import storage
+from common import storage
 from pipelines.cli import prepare
 from pipelines.reader import read_shards
-from pipelines.storage import S3Config, StorageError
+from common.storage import S3Config, StorageError
 
 ROOT = Path(__file__).resolve().parents[2]
 

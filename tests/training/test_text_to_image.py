@@ -91,7 +91,7 @@ def test_bf16_model_trains_with_fp32_loss(model_cfg):
 
 
 def test_corrupt_or_mismatched_weights_are_one_clear_error(tmp_path, model_cfg):
-    from codiray.errors import UsageError
+    from common.errors import UsageError
 
     TextToImageDiffuser(model_cfg).save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")

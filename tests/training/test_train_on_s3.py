@@ -12,7 +12,7 @@ from PIL import Image
 from codiray.cli import main
 from pipelines.config import ImageConfig, PrepareConfig, ShardConfig
 from pipelines.laion import prepare_laion
-from pipelines.storage import S3Config
+from common.storage import S3Config
 from pipelines.toyworld import write_laion_corpus
 from training.launch import train
 from training.recipes import text_to_image_demo_debug

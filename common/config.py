@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from codiray.errors import ConfigError
+from common.errors import ConfigError
 
 T = TypeVar("T")
 _FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")

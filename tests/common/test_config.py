@@ -8,8 +8,8 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
-from codiray.config import from_dict, load_config, parse_overrides, save_config, to_dict
-from codiray.errors import ConfigError
+from common.config import from_dict, load_config, parse_overrides, save_config, to_dict
+from common.errors import ConfigError
 from training.config import TrainConfig
 from training.recipes import RECIPES, text_to_image_demo
 

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from codiray.errors import CodirayError
+from common.errors import CodirayError
 
 log = logging.getLogger(__name__)
 
