@@ -1,51 +1,27 @@
-"""The toy world: coloured shapes at positions, with captions from a small grammar.
+"""The toy world's still images: coloured shapes at positions, with captions from a small grammar.
 
 Its ground truth is known exactly (every caption is generated from the scene that drew the image),
 so later issues can score any-to-any generation against it. Deterministic by seed: the same seed
 gives the same scenes, files and metadata bytes.
 
     write_laion_corpus("/tmp/toy", num_samples=64)  # -> metadata.parquet + images/<key>.jpg
+
+The attribute table and caption grammar live in toyworld_spec.py; videos, sounds and the other three
+corpus styles in toyworld_av.py.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-COLORS = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 200, 30),
-}
-SHAPES = ("circle", "square", "triangle")
-POSITIONS = {  # centre of the shape, as a fraction of the canvas
-    "left": (0.27, 0.5),
-    "right": (0.73, 0.5),
-    "top": (0.5, 0.27),
-    "bottom": (0.5, 0.73),
-    "center": (0.5, 0.5),
-}
-BACKGROUND = (245, 245, 240)
-
-
-@dataclass(frozen=True)
-class Scene:
-    """One toy-world scene: a single coloured shape at a named position."""
-
-    color: str
-    shape: str
-    position: str
-
-    @property
-    def caption(self) -> str:
-        where = "in the center" if self.position == "center" else f"on the {self.position}"
-        return f"a {self.color} {self.shape} {where}"
+from pipelines.toyworld_spec import (BACKGROUND, COLORS, POSITIONS, SHAPE_RADIUS, SHAPES,  # noqa: F401 (re-exported)
+                                     Scene)
 
 
 def sample_scene(rng: random.Random) -> Scene:
@@ -63,15 +39,19 @@ def render_image(scene: Scene, size: int = 64, width: int | None = None) -> Imag
     image = Image.new("RGB", (w, h), BACKGROUND)
     draw = ImageDraw.Draw(image)
     fx, fy = POSITIONS[scene.position]
-    cx, cy, r = fx * w, fy * h, 0.2 * min(w, h)
-    color = COLORS[scene.color]
-    if scene.shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=color)
-    elif scene.shape == "square":
-        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=color)
-    else:
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=color)
+    draw_shape(draw, scene.shape, scene.color, fx * w, fy * h, SHAPE_RADIUS * min(w, h))
     return image
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, color: str, cx: float, cy: float, r: float) -> None:
+    """A filled ``shape`` of half-size ``r`` centred at (``cx``, ``cy``) pixels."""
+    fill = COLORS[color]
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "square":
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
 
 
 def key_for(index: int) -> str:

@@ -99,6 +99,20 @@ def write_video(path: str | Path, seconds: float = 3.0, fps: float = 30.0, size:
                 codec: Optional[str] = None, audio_codec: Optional[str] = "default", audio_rate: int = 44100,
                 audio_channels: int = 2, textured: bool = False) -> Path:
     """Encode a test video; container from the extension, ``audio_codec=None`` for no audio track."""
+    width, height = size
+    frames = (frame_image(index, width, height, fps, textured) for index in range(int(round(seconds * fps))))
+    if audio_codec == "default":
+        audio_codec = CONTAINERS[Path(path).suffix][1]
+    audio_rate = 48000 if audio_codec and "opus" in audio_codec else audio_rate  # Opus only runs at 48 kHz
+    samples = tone(seconds, audio_rate, audio_channels) if audio_codec is not None else None
+    return encode_video(path, frames, fps, size, samples, audio_rate, codec, audio_codec)
+
+
+def encode_video(path: str | Path, frames, fps: float, size: tuple[int, int],
+                 audio: Optional[np.ndarray] = None, audio_rate: int = 16000, codec: Optional[str] = None,
+                 audio_codec: Optional[str] = "default") -> Path:
+    """Encode RGB ``frames`` (uint8 ``h w 3`` each, any iterable) at ``fps``, with ``audio`` (float
+    ``(channels, n)`` at ``audio_rate``) muxed in when given; container and codecs from the extension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     default_video, default_audio, pix_fmt = CONTAINERS[path.suffix]
@@ -111,20 +125,18 @@ def write_video(path: str | Path, seconds: float = 3.0, fps: float = 30.0, size:
             video.options = {"preset": "veryfast"}
         else:  # the other encoders' default bitrates are too low to keep the time-coded brightness
             video.bit_rate = 4_000_000
-        audio = None
-        if audio_codec is not None:
+        stream = None
+        if audio is not None and audio_codec is not None:
             audio_codec = default_audio if audio_codec == "default" else audio_codec
-            audio_rate = 48000 if "opus" in audio_codec else audio_rate  # Opus only runs at 48 kHz
-            audio = _add_audio_stream(container, audio_codec, audio_rate, audio_channels)
-        for index in range(int(round(seconds * fps))):
-            frame = av.VideoFrame.from_ndarray(frame_image(index, width, height, fps, textured),
-                                              format="rgb24")
+            stream = _add_audio_stream(container, audio_codec, audio_rate, audio.shape[0])
+        for index, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             frame.pts = index
             frame.time_base = 1 / rate
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
-        if audio is not None:
-            _encode_audio(container, audio, tone(seconds, audio_rate, audio_channels), audio_rate)
+        if stream is not None:
+            _encode_audio(container, stream, audio, audio_rate)
     return path
 
 
