@@ -58,8 +58,7 @@ LINKS = {"colour": "pitch", "pitch": "colour", "motion": "rhythm", "rhythm": "mo
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("eval", help="score a generations folder with the toy world's attribute probes",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = subparsers.add_parser("eval", help="score a generations folder with the toy world's attribute probes")
     parser.add_argument("--generations", required=True, help="folder with generation.json and the outputs")
     parser.add_argument("--out", help="folder for metrics.json (default: the generations folder)")
     parser.set_defaults(func=run)

@@ -22,7 +22,6 @@ import av
 import numpy as np
 from PIL import Image
 
-from pipelines.audio import downmix, frame_to_float
 from pipelines.toyworld_spec import (COLORS, DIRECTIONS, PITCHES, POSITIONS, RHYTHMS, SPEEDS, parse_caption)
 
 FOREGROUND_DISTANCE = 80      # summed |RGB - background| above this is foreground
@@ -202,12 +201,14 @@ def _has_audio(path) -> bool:
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """The first audio stream, downmixed to mono float32, at its own rate."""
+    """The first audio stream, downmixed to mono float32 by FFmpeg's resampler, at its own rate."""
     with av.open(str(path)) as container:
         stream = container.streams.audio[0]
-        chunks = [frame_to_float(f) for f in container.decode(stream)]
         rate = stream.codec_context.sample_rate
-    return downmix(np.concatenate(chunks, axis=1)), rate
+        mono = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        chunks = [out.to_ndarray().reshape(-1) for frame in container.decode(stream) for out in mono.resample(frame)]
+        chunks += [out.to_ndarray().reshape(-1) for out in mono.resample(None)]
+    return np.concatenate(chunks).astype(np.float32), rate
 
 
 def probe_file(modality: str, path: str | Path) -> dict:
