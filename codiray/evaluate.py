@@ -73,7 +73,8 @@ def run(args) -> int:
         shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(scores.items()) if k != "n")
         print(f"{task} (n={scores['n']}): {shown}")
     for pair, scores in sorted(metrics["joint"].items()):
-        print(f"joint {pair}: " + ", ".join(f"{k} {v if v is None else round(v, 2)}" for k, v in sorted(scores.items())))
+        shown = ", ".join(f"{k} {v if v is None else round(v, 2)}" for k, v in sorted(scores.items()))
+        print(f"joint {pair}: {shown}")
     print(f"metrics: {out / 'metrics.json'}")
     return 0
 
@@ -166,6 +167,9 @@ def evaluate(root: Path) -> dict:
     for index, sample in enumerate(read_samples(root)):
         where = f"{root / 'generation.json'}: samples[{index}]"
         stated = stated_truth(root, sample, where)
+        if not stated:
+            raise UsageError(f"{where}: its inputs state no toy-world attribute (a text prompt must follow "
+                             "the caption grammar of pipelines/toyworld_spec.py; else give 'truth')")
         closed = implied(stated)
         outputs = {m: probe(root, m, v, f"{where}.outputs") for m, v in sample["outputs"].items()}
         counts = tasks.setdefault(sample["task"], {"n": 0})

@@ -2,17 +2,18 @@
 caption grammar. Writers (toyworld.py, toyworld_av.py) draw from it; probes (toyworld_probes.py)
 classify back into it, so every output can be checked against its prompt.
 
-| attribute | values                               | image / video             | audio                  | text              |
-|-----------|--------------------------------------|---------------------------|------------------------|-------------------|
-| colour    | red green blue yellow                | fill RGB (hue)            | pitch 440/660/990/1485 Hz (low/middle/high/shrill) | colour word |
-| shape     | circle square triangle               | filled polygon            | -                      | shape word        |
-| position  | left right top bottom center (image) | centre at a fixed fraction | -                     | "on the left" ... |
-| motion    | left right up down (video)           | centroid moves that way   | pulse rate 2/3/5/8 Hz (pulsing/beeping/ticking/rattling) | "moving up" |
-| speed     | slowly quickly (video)               | 0.15 / 0.30 frame per s   | -                      | adverb            |
+- colour (red green blue yellow): the shape's fill in images and videos; in sound, the tone's pitch
+  (low 440 Hz, middle 660, high 990, shrill 1485: red -> low ...);
+- shape (circle square triangle): the filled outline in images and videos;
+- position (left right top bottom center): where a still image's shape sits;
+- motion (left right up down): where a video's shape moves; in sound, the pulse rate
+  (pulsing 2/s, beeping 3/s, ticking 5/s, rattling 8/s: left -> pulsing ...);
+- speed (slowly quickly): 0.15 or 0.30 frame sides per second travelled by a video's shape.
 
 Captions (the grammar; ``TEMPLATES`` below, parsed back by ``parse_caption``):
   image: "a red circle on the left"              (today's world, unchanged)
   video: "a blue square moving up quickly, with a high ticking tone"
+  (silent video, parse only: "a blue square moving up quickly")
   audio: "a high ticking tone"
   audioset labels: "high tone, ticking"          (two class labels joined by AudioSet's ", ")
 """

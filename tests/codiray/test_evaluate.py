@@ -160,6 +160,7 @@ def _rewrite(folder: Path, tmp_path: Path, edit) -> Path:
     (lambda d: d["samples"][0].update(mode="both"), "mode must be 'joint' or 'independent'"),
     (lambda d: d["samples"][0].update(task="text->audio"), "does not name the outputs image"),
     (lambda d: d["samples"][0]["outputs"].update(image="it0.txt"), "cannot decode image file"),
+    (lambda d: d["samples"][0]["inputs"].update(text="a nice picture"), "state no toy-world attribute"),
 ])
 def test_bad_folders_are_one_clear_line(folders, tmp_path, capsys, edit, phrase):
     copy = _rewrite(folders["clean"], tmp_path, edit)

@@ -8,6 +8,7 @@ Oracles: the scene each file was drawn from (never the probe's own output), and 
 
 from __future__ import annotations
 
+import io
 import itertools
 import random
 
@@ -71,9 +72,7 @@ def test_links_close_attributes_both_ways():
 
 
 @pytest.mark.parametrize("size", [64, 24])
-def test_image_probe_recovers_every_scene_after_jpeg_and_prepare_resize(size, tmp_path):
-    import io
-
+def test_image_probe_recovers_every_scene_after_jpeg_and_prepare_resize(size):
     pairs = []
     for scene in all_scenes():
         buf = io.BytesIO()
