@@ -53,10 +53,16 @@ def _bench():
     return bench
 
 
+def _convert():
+    from codiray import convert
+
+    return convert
+
+
 # Subcommand -> the module that registers it. Only the invoked one is imported (training's pull in
 # torch, ~2 s), so `codiray submit`/`jobs`/`prepare` start fast; `--help` imports them all.
 COMMANDS = {"prepare": _prepare, "train": _train, "generate": _generate, "demo": _demo,
-            "submit": _cluster, "jobs": _cluster, "bench": _bench}
+            "submit": _cluster, "jobs": _cluster, "bench": _bench, "convert": _convert}
 
 
 class _Parser(argparse.ArgumentParser):

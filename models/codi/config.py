@@ -48,14 +48,15 @@ class UNetSpec:
 
     def __post_init__(self):
         levels = len(self.channel_mult)
-        for name in ("num_res_blocks", "attention_levels", "connector_levels"):
+        per_level = ("num_res_blocks", "attention_levels") + (("connector_levels",) if self.connectors else ())
+        for name in per_level:
             if len(getattr(self, name)) != levels:
                 raise ValueError(f"{name} needs one entry per channel_mult level ({levels})")
         if self.kind == "text" and len(self.second_dim) != levels:
             raise ValueError(f"second_dim needs one entry per channel_mult level ({levels})")
-        if len(self.connector_blocks) != len(self.connector_mult):
+        if self.connectors and len(self.connector_blocks) != len(self.connector_mult):
             raise ValueError("connector_blocks needs one entry per connector_mult level")
-        if self.kind == "text" and len(self.connector_second_dim) != len(self.connector_mult):
+        if self.kind == "text" and self.connectors and len(self.connector_second_dim) != len(self.connector_mult):
             raise ValueError("connector_second_dim needs one entry per connector_mult level")
         if self.kind == "text" and self.video:
             raise ValueError("the text UNet has no video layers")
