@@ -138,10 +138,10 @@ def infer_unet_spec(state: dict[str, Tensor], num_heads: int = 8, scale_factor: 
     )
     if text:
         spec["second_dim"] = second_dim
-    video_bias = f"{_resblock_prefix(state, 'input_blocks.1')[:-2]}.1.temporal_rel_pos_bias.net.2.weight"
-    if not text and video_bias in state:
-        heads, inner = state[video_bias].shape[0], state[video_bias.replace("temporal_rel_pos_bias.net.2", "temporal_attn.to_q")].shape[0]
-        dim = state[video_bias.replace("temporal_rel_pos_bias.net.2", "temporal_attn.norm.g")].shape[0]
+    temporal = "input_blocks.1.0.1"   # the first [ResBlock, video layers] pair, if there are video layers
+    if not text and f"{temporal}.temporal_rel_pos_bias.net.2.weight" in state:
+        heads = state[f"{temporal}.temporal_rel_pos_bias.net.2.weight"].shape[0]
+        inner, dim = state[f"{temporal}.temporal_attn.to_q.weight"].shape
         spec.update(video=True, video_heads=heads, video_head_ratio=heads * dim // inner)
     if connectors:
         spec.update(_infer_connector(state, C, text, second_dim))
@@ -276,3 +276,28 @@ def convert_sd(path: str | Path, num_heads: Optional[int] = None, dtype: torch.d
         raise ConversionError(f"{source}: cannot read the UNet's sizes from its tensors "
                               f"({type(err).__name__}: {err})") from None
     return build_and_place({"image": spec}, {f"unets.image.{k}": v for k, v in state.items()}, source, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# growing a trained network: new video layers / V / connectors keep their (zero) init
+# ---------------------------------------------------------------------------------------------
+
+_PLAIN_RESBLOCK = re.compile(r"^(unets\.image\.(?:input_blocks|output_blocks|connecters_out)\.\d+\.0"
+                             r"|unets\.image\.middle_block\.[02])\.(.+)$")
+
+
+def load_into_larger(model: CoDi, state: dict[str, Tensor], source: str = "<state dict>") -> list[str]:
+    """Load a smaller model's tensors (e.g. an image UNet without video layers, V or connectors) into
+    ``model``; plain ResBlock names move into CoDi's ``[ResBlock, video layers]`` pairs. Every given
+    tensor must be placed; the parameters left at their initialisation are returned."""
+    own = model.state_dict()
+    renamed = {}
+    for key, value in state.items():
+        if key not in own and (m := _PLAIN_RESBLOCK.match(key)) and f"{m[1]}.0.{m[2]}" in own:
+            key = f"{m[1]}.0.{m[2]}"
+        renamed[key] = value
+    unplaced = [k for k, v in renamed.items() if k not in own or v.shape != own[k].shape]
+    if unplaced:
+        raise ConversionError(f"{source}: cannot place {len(unplaced)} tensor(s): {_listing(unplaced)}")
+    model.load_state_dict(renamed, strict=False)
+    return sorted(set(own) - set(renamed))

@@ -33,5 +33,5 @@ def tiny_audio() -> UNetSpec:
 def tiny_text() -> UNetSpec:
     return UNetSpec(kind="text", in_channels=16, out_channels=16, model_channels=32, channel_mult=[1, 2],
                     num_res_blocks=[1, 1], attention_levels=[True, True], num_heads=4, context_dim=32,
-                    second_dim=[4, 2], connector_mult=[1, 2], connector_blocks=[1, 1], connector_second_dim=[4, 2],
+                    second_dim=[4, 4], connector_mult=[1, 2], connector_blocks=[1, 1], connector_second_dim=[4, 4],
                     connector_levels=[True, True], connector_dim=64, scale_factor=4.3108)
