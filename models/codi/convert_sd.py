@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from .convert import ConversionError, _listing, read_state_dict
+from .tensors import ConversionError, listing as _listing, read_state_dict
 
 CONFIG = "config.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"

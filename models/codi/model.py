@@ -92,7 +92,7 @@ class CoDi(nn.Module):
         if "image" in latents and "video" in latents:
             raise ValueError("image and video share one UNet: generate one of them at a time")
         for modality, z in latents.items():
-            unet = self.unet(modality)
+            self.unet(modality)   # raises for an unknown modality or a UNet this model lacks
             if z.ndim != LATENT_NDIM[modality]:
                 raise ValueError(f"{modality} latent must have {LATENT_NDIM[modality]} dims, got shape {tuple(z.shape)}")
         emb = {m: self.unet(m).embed_time(t, z.dtype) for m, z in latents.items()}
