@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn

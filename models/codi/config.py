@@ -54,6 +54,8 @@ class UNetSpec:
                 raise ValueError(f"{name} needs one entry per channel_mult level ({levels})")
         if self.kind == "text" and len(self.second_dim) != levels:
             raise ValueError(f"second_dim needs one entry per channel_mult level ({levels})")
+        if self.kind == "text" and len(set(self.second_dim)) > 1:
+            raise ValueError("second_dim must be equal at every level (skip connections concatenate channels)")
         if self.connectors and len(self.connector_blocks) != len(self.connector_mult):
             raise ValueError("connector_blocks needs one entry per connector_mult level")
         if self.kind == "text" and self.connectors and len(self.connector_second_dim) != len(self.connector_mult):
