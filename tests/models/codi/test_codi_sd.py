@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
@@ -10,7 +12,7 @@ from safetensors.torch import save_file
 
 from codiray.cli import main
 from models.codi import CoDi, CoDiConfig
-from models.codi.convert import LDM_PREFIX
+from models.codi.convert import LDM_PREFIX, load_into_larger
 
 from codi_helpers import randomize
 
@@ -48,6 +50,17 @@ def test_convert_sd_diffusers_folder_matches_diffusers(sd_unet, tmp_path, capsys
     assert (spec.channel_mult, spec.num_res_blocks, spec.attention_levels) == ([1, 2, 2], [2, 2, 2], [True, True, False])
     assert not spec.video and not spec.connectors and spec.num_heads == 4
     assert _max_diff(model, sd_unet) <= 1e-4
+    # Grown into CoDi's video architecture, the new layers start as the identity: the image ε is
+    # still diffusers', and a still video (every frame the same) gets that ε on every frame.
+    grown = CoDi(CoDiConfig(image=replace(spec, video=True))).eval()
+    fresh = load_into_larger(grown, model.state_dict())
+    assert fresh and all(".1.temporal_" in k or ".1.ff." in k or ".1.frameshiftblock." in k for k in fresh)
+    assert _max_diff(grown, sd_unet) <= 1e-4
+    z, t, ctx = _inputs()
+    with torch.no_grad():
+        still = grown({"video": z[:, :, None].expand(-1, -1, 3, -1, -1)}, t, ctx)["video"]
+        reference = sd_unet(z, t, encoder_hidden_states=ctx).sample
+    assert (still - reference[:, :, None]).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
