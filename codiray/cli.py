@@ -59,10 +59,17 @@ def _evaluate():
     return evaluate
 
 
+def _convert():
+    from codiray import convert
+
+    return convert
+
+
 # Subcommand -> the module that registers it. Only the invoked one is imported (training's pull in
 # torch, ~2 s), so `codiray submit`/`jobs`/`prepare` start fast; `--help` imports them all.
 COMMANDS = {"prepare": _prepare, "train": _train, "generate": _generate, "demo": _demo,
-            "submit": _cluster, "jobs": _cluster, "bench": _bench, "eval": _evaluate}
+            "submit": _cluster, "jobs": _cluster, "bench": _bench, "eval": _evaluate,
+            "convert": _convert}
 
 
 class _Parser(argparse.ArgumentParser):
