@@ -89,20 +89,20 @@ def read_records(uri: str, s3: Optional[S3Config]) -> dict[str, dict]:
 
 
 def plan(schedule: Schedule, name: str, storage_path: str, data: Mapping[str, str],
-         overrides: list[str]) -> dict[str, PlannedStage]:
+         overrides: list[str], config: Optional[str] = None) -> dict[str, PlannedStage]:
     """Every stage's resolved config and resources, in dependency order; bad input fails here."""
     names = [s.name for s in schedule.stages]
     out = {}
     for stage_name in schedule.order():
         stage = schedule.stage(stage_name)
-        cfg = resolve_stage_config(stage, name, storage_path, data, overrides, names)
+        cfg = resolve_stage_config(stage, name, storage_path, data, overrides, names, config)
         out[stage_name] = PlannedStage(stage, cfg, StageResources.of(cfg))
     return out
 
 
 def run_schedule(schedule_fn: Callable[[], Schedule], name: str, storage_path: str,
                  data: Optional[Mapping[str, str]] = None, overrides: Optional[list[str]] = None,
-                 s3: Optional[S3Config] = None) -> dict[str, dict]:
+                 s3: Optional[S3Config] = None, config: Optional[str] = None) -> dict[str, dict]:
     """Run the schedule named ``name`` under ``storage_path``; returns the stage records.
 
     Raises UsageError (exit 2) before anything starts for bad input or a stage that can never fit
@@ -116,7 +116,7 @@ def run_schedule(schedule_fn: Callable[[], Schedule], name: str, storage_path: s
     if not isinstance(schedule, Schedule):
         raise UsageError(f"{getattr(schedule_fn, '__name__', schedule_fn)}: a schedule function must return a Schedule")
     root = storage_uri(TrainConfig(storage_path=storage_path))
-    planned = plan(schedule, name, root, dict(data or {}), list(overrides or []))
+    planned = plan(schedule, name, root, dict(data or {}), list(overrides or []), config)
     ensure_ray()
     nodes = cluster_nodes()
     for stage_name, p in planned.items():
@@ -149,11 +149,15 @@ def run_schedule(schedule_fn: Callable[[], Schedule], name: str, storage_path: s
             in_flight = [planned[m].resources for m in running.values()]
             if running and not fits_beside(planned[n].resources, in_flight, cluster):
                 continue  # waits for a running stage to finish and free its workers
-            running[start(planned[n], records, dict(data or {}), task)] = n
+            ref = start(planned[n], records, dict(data or {}), task)
+            if ref is not None:
+                running[ref] = n
             changed = True
         if changed:
             save()
         if not running:
+            if changed:
+                continue  # a stage failed at start: its dependants fail on the next pass
             break
         ready, _ = ray.wait(list(running), num_returns=1)
         for ref in ready:
@@ -196,10 +200,17 @@ def fail_dependants(records: dict[str, dict], planned: dict[str, PlannedStage]) 
 
 
 def start(p: PlannedStage, records: dict[str, dict], data: dict[str, str], task):
+    """Launch the stage's task (None when wiring in its needs' checkpoints already failed)."""
     cfg = p.cfg
-    if p.stage.upstream is not None:
-        cfg = p.stage.upstream(cfg, {m: records[m]["checkpoint"] for m in p.stage.needs})
     records[p.stage.name].update(status="running", started=utc_now())
+    if p.stage.upstream is not None:
+        try:
+            cfg = p.stage.upstream(cfg, {m: records[m]["checkpoint"] for m in p.stage.needs})
+        except Exception as err:  # noqa: BLE001 — recorded as this stage's failure
+            finish(p.stage.name, {"started": records[p.stage.name]["started"], "finished": utc_now(), "metrics": {},
+                                  "checkpoint": None, "error": f"loading its needs' checkpoints: {type(err).__name__}: {err}"},
+                   records)
+            return None
     say(f"{p.stage.name}: started ({p.stage.kind}, {p.resources.describe()}) -> {records[p.stage.name]['run_dir']}")
     return task.remote([to_dict(c) for c in phase_configs(cfg, p.stage.phases, data)])
 
@@ -215,3 +226,29 @@ def finish(n: str, outcome: dict, records: dict[str, dict]) -> None:
     else:
         r.update(status="failed", reason=outcome["error"])
         say(f"{n}: failed ({r['reason']})")
+
+
+def parse_data(items: list[str]) -> dict[str, str]:
+    """``["laion=s3://b/laion", "webvid=/data/webvid"]`` -> {style: URI}; a malformed item is one line."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        style, sep, uri = item.partition("=")
+        if not sep or not style or not uri:
+            raise UsageError(f"--data {item!r}: expected STYLE=URI (e.g. laion=s3://bucket/laion-shards)")
+        if style in out:
+            raise UsageError(f"--data {style}: given twice ({out[style]} and {uri})")
+        out[style] = uri
+    return out
+
+
+def schedule_command(args) -> int:
+    """``codiray train --schedule NAME [--data STYLE=URI ...] [--name N] [--storage-path URI] [--config YAML]
+    [key=value | STAGE:key=value ...]``: the CLI's whole schedule branch."""
+    from training.schedules import SCHEDULES
+
+    name = args.name or args.schedule
+    records = run_schedule(SCHEDULES[args.schedule], name, args.storage_path or TrainConfig().storage_path,
+                           data=parse_data(args.data), overrides=list(args.overrides or []), config=args.config)
+    for r in records.values():
+        print(f"{r['name']}: {r['status']}; checkpoint {r['checkpoint']}")
+    return 0

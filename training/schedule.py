@@ -143,12 +143,14 @@ def stage_overrides(stage: str, overrides: list[str], stage_names: list[str]) ->
 
 
 def resolve_stage_config(stage: Stage, schedule_name: str, storage_path: str, data: Mapping[str, str],
-                         overrides: list[str], stage_names: list[str]) -> TrainConfig:
-    """The stage's TrainConfig: its recipe, run name ``stage.name`` under ``<storage>/<schedule_name>``,
-    its data style's URI, then the overrides (``data`` missing a style the stage needs is one line)."""
+                         overrides: list[str], stage_names: list[str], config: Optional[str] = None) -> TrainConfig:
+    """The stage's TrainConfig: its recipe, the ``config`` YAML (TrainConfig keys, for every stage), run
+    name ``stage.name`` under ``<storage>/<schedule_name>``, its data style's URI, then the overrides
+    (``data`` missing a style the stage needs is one line)."""
     from common import storage
+    from common.config import load_config
 
-    cfg = stage.recipe()
+    cfg = load_config(TrainConfig, config, base=stage.recipe()) if config else stage.recipe()
     cfg = dataclasses.replace(cfg, name=stage.name, storage_path=storage.join(storage_path, schedule_name))
     for style in [stage.data, *(p.data for p in stage.phases)]:
         if style is not None and style not in data:

@@ -86,7 +86,10 @@ def test_engine_debug_runs_stages_concurrently_records_them_and_skips_them_on_re
         assert checkpoint.parent == runs / "exp" / r["name"]
         trained = dict(TextToImageDiffuser.from_pretrained(checkpoint).unet.named_parameters())
         changed = [n for n in init if not torch.equal(init[n], trained[n])]
-        assert len(changed) > len(init) // 2, f"{r['name']}: only {changed} moved from init"
+        # the zero-initialised output conv and the input conv both trained (2 steps reach only the
+        # layers whose gradient is non-zero while the zero-init residual/attention outputs are still ~0)
+        assert {"conv_in.weight", "out.2.weight"} <= set(changed) and len(changed) >= 20, changed
+        assert not init["out.2.weight"].any() and trained["out.2.weight"].abs().max() > 0
         assert r["metrics"]["step"] == 2
 
     configs = {n: (runs / "exp" / n / "train_config.yaml").stat().st_mtime_ns for n in ("a", "b", "c")}
