@@ -114,3 +114,13 @@ def test_done_stages_are_skipped_on_a_rerun_and_keep_their_record():
     assert new_record(p, {**before, "status": "skipped"})["status"] == "skipped"
     for status in ("running", "failed", "pending"):  # interrupted or failed: run again (Ray Train resumes)
         assert new_record(p, {**before, "status": status})["status"] == "pending"
+
+
+def test_data_flags_map_styles_to_uris_and_bad_ones_are_one_line():
+    from training.orchestrator import parse_data
+
+    assert parse_data(["laion=s3://b/laion=1", "webvid=/d/w"]) == {"laion": "s3://b/laion=1", "webvid": "/d/w"}
+    with pytest.raises(UsageError, match="--data '/d/w': expected STYLE=URI"):
+        parse_data(["/d/w"])
+    with pytest.raises(UsageError, match="--data laion: given twice"):
+        parse_data(["laion=/a", "laion=/b"])
