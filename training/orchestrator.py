@@ -88,6 +88,12 @@ def read_records(uri: str, s3: Optional[S3Config]) -> dict[str, dict]:
         raise UsageError(f"{uri}: not a schedule record ({err}); move it away to start this schedule afresh") from None
 
 
+def write_records(uri: str, schedule: str, name: str, records: dict[str, dict], s3: Optional[S3Config]) -> None:
+    """schedule.json, replaced atomically (local: temp file + rename; S3: one PUT)."""
+    body = {"schedule": schedule, "name": name, "updated": utc_now(), "stages": list(records.values())}
+    storage.write_bytes(uri, json.dumps(body, indent=2).encode(), s3)
+
+
 def plan(schedule: Schedule, name: str, storage_path: str, data: Mapping[str, str],
          overrides: list[str], config: Optional[str] = None) -> dict[str, PlannedStage]:
     """Every stage's resolved config and resources, in dependency order; bad input fails here."""
@@ -129,9 +135,7 @@ def run_schedule(schedule_fn: Callable[[], Schedule], name: str, storage_path: s
     records = {n: new_record(p, previous.get(n)) for n, p in planned.items()}
 
     def save() -> None:
-        body = {"schedule": getattr(schedule_fn, "__name__", str(schedule_fn)), "name": name, "updated": utc_now(),
-                "stages": list(records.values())}
-        storage.write_bytes(record_uri, json.dumps(body, indent=2).encode(), s3)
+        write_records(record_uri, getattr(schedule_fn, "__name__", str(schedule_fn)), name, records, s3)
 
     for n, r in records.items():
         if r["status"] == "skipped":

@@ -124,3 +124,30 @@ def test_data_flags_map_styles_to_uris_and_bad_ones_are_one_line():
         parse_data(["/d/w"])
     with pytest.raises(UsageError, match="--data laion: given twice"):
         parse_data(["laion=/a", "laion=/b"])
+
+
+def test_schedule_records_round_trip_through_s3_and_mark_done_stages_skipped(s3_endpoint, bucket):
+    from common.storage import S3Config
+    from training.orchestrator import read_records, write_records
+
+    s3 = S3Config(endpoint_url=s3_endpoint)
+    uri = f"{bucket}/runs/exp/schedule.json"
+    assert read_records(uri, s3) == {}
+    sched = engine_debug()
+    planned = {n: PlannedStage(sched.stage(n), text_to_image_demo_debug(), res(1)) for n in sched.order()}
+    records = {n: new_record(p, None) for n, p in planned.items()}
+    records["a"].update(status="done", checkpoint=f"{bucket}/runs/exp/a/checkpoint_x", started="t0", finished="t1")
+    records["b"].update(status="running", started="t0")
+    write_records(uri, "engine_debug", "exp", records, s3)
+    back = read_records(uri, s3)
+    assert back == records
+    rerun = {n: new_record(p, back.get(n))["status"] for n, p in planned.items()}
+    assert rerun == {"a": "skipped", "b": "pending", "c": "pending"}
+
+
+def test_a_corrupt_schedule_record_is_one_line(tmp_path):
+    from training.orchestrator import read_records
+
+    (tmp_path / "schedule.json").write_text("{not json")
+    with pytest.raises(UsageError, match=r"schedule.json: not a schedule record .*move it away"):
+        read_records(str(tmp_path / "schedule.json"), None)
