@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -165,7 +164,13 @@ def run_schedule(schedule_fn: Callable[[], Schedule], name: str, storage_path: s
             break
         ready, _ = ray.wait(list(running), num_returns=1)
         for ref in ready:
-            finish(running.pop(ref), ray.get(ref), records)
+            n = running.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except Exception as err:  # noqa: BLE001 — the task itself died (node lost, OOM): this stage failed
+                outcome = {"started": records[n]["started"], "finished": utc_now(), "metrics": {}, "checkpoint": None,
+                           "error": f"its Ray task died: {type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"}
+            finish(n, outcome, records)
         save()
 
     failed = [n for n, r in records.items() if r["status"] == "failed"]
