@@ -1,0 +1,153 @@
+"""The schedule DAG and its resource arithmetic, without Ray."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.errors import UsageError
+from common.resources import WorkerResources
+from training.orchestrator import PlannedStage, fail_dependants, new_record
+from training.recipes import text_to_image_demo_debug
+from training.schedule import (CurriculumPhase, Schedule, Stage, StageResources, fits_beside, never_fits,
+                               phase_configs, resolve_stage_config)
+from training.schedules import engine_debug
+
+
+def stage(name, needs=(), kind="ldm", **kw):
+    return Stage(name, kind, recipe=text_to_image_demo_debug, needs=list(needs), **kw)
+
+
+def test_dependency_order_puts_every_stage_after_its_needs():
+    order = Schedule([stage("c", ["a", "b"]), stage("b", ["a"]), stage("a"), stage("d")]).order()
+    assert order.index("a") < order.index("b") < order.index("c") and set(order) == {"a", "b", "c", "d"}
+    assert engine_debug().order() == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("stages, message", [
+    ([stage("a", ["ghost"])], "stage 'a': needs unknown stage 'ghost'"),
+    ([stage("a", ["c"]), stage("b", ["a"]), stage("c", ["b"]), stage("d")], "its needs form a cycle (a -> c -> b -> a)"),
+    ([stage("a", ["a"])], "stage 'a': its needs form a cycle (a -> a)"),
+    ([stage("a"), stage("a")], "stage 'a': defined twice"),
+    ([stage("x/y")], "stage 'x/y': a stage name must be"),
+    ([stage("a", kind="finetune")], "stage 'a': unknown kind 'finetune'"),
+    ([stage("v", phases=[CurriculumPhase("short", 10), CurriculumPhase("long", 10)])],
+     "stage 'v': curriculum phases must end at increasing steps"),
+])
+def test_bad_schedules_are_one_usage_error_naming_the_stage(stages, message):
+    with pytest.raises(UsageError) as err:
+        Schedule(stages)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def res(workers, cpus=1.0, gpus=0.0, **custom):
+    per = WorkerResources(cpus=cpus, gpus=gpus).bundle()
+    return StageResources(workers, {**per, **custom})
+
+
+def test_never_fits_when_no_node_holds_one_worker_or_all_nodes_hold_too_few():
+    nodes = [{"CPU": 4.0, "memory": 8e9}, {"CPU": 2.0, "GPU": 1.0, "pool": 1.0}]
+    assert never_fits("ok", res(2, cpus=2), nodes) is None               # 2 + 1 workers of 2 CPUs
+    assert never_fits("ok", res(3, cpus=2), nodes) is None
+    too_many = never_fits("big", res(4, cpus=2), nodes)
+    assert too_many == ("stage 'big' can never run: it needs 4 worker(s) x {CPU=2} but the cluster's nodes "
+                        "hold at most 3 such worker(s)")
+    too_wide = never_fits("wide", res(1, cpus=8), nodes)
+    assert too_wide.startswith("stage 'wide' can never run: it needs 1 worker(s) x {CPU=8} but no node") and "CPU=4" in too_wide
+    # a GPU worker fits only the GPU node; two of them never fit, whatever the CPU total
+    assert never_fits("g", res(1, cpus=1, gpus=1), nodes) is None
+    assert "at most 1 such worker" in never_fits("g2", res(2, cpus=1, gpus=1), nodes)
+    assert "no node" in never_fits("custom", res(1, pool=2.0), nodes)
+    # CPUs split across nodes: 3 CPUs total free per node are not one 3-CPU worker on 2-CPU nodes
+    assert "no node" in never_fits("split", res(1, cpus=3), [{"CPU": 2.0}, {"CPU": 2.0}])
+
+
+def test_stages_in_flight_are_capped_by_the_cluster_totals():
+    cluster = {"CPU": 4.0, "GPU": 1.0}
+    assert fits_beside(res(2), [res(2)], cluster)
+    assert not fits_beside(res(2), [res(2), res(1)], cluster)
+    assert fits_beside(res(1, gpus=1), [res(3)], cluster) and not fits_beside(res(1, gpus=1), [res(1, gpus=1)], cluster)
+
+
+def test_stage_configs_get_their_run_data_and_scoped_overrides(tmp_path):
+    names = ["a", "b"]
+    s = stage("a", data="laion")
+    cfg = resolve_stage_config(s, "exp", str(tmp_path), {"laion": "/shards"}, ["max_steps=7", "b:optim.lr=0.5",
+                                                                             "a:log_every=3"], names)
+    assert (cfg.name, cfg.storage_path, cfg.data.path, cfg.max_steps, cfg.log_every) == ("a", f"{tmp_path}/exp", "/shards", 7, 3)
+    assert cfg.optim.lr == text_to_image_demo_debug().optim.lr
+    with pytest.raises(UsageError, match=r"stage 'a': needs --data laion=URI \(given: webvid\)"):
+        resolve_stage_config(s, "exp", str(tmp_path), {"webvid": "/v"}, [], names)
+    with pytest.raises(UsageError, match="override 'z:max_steps=1': no stage 'z'"):
+        resolve_stage_config(s, "exp", str(tmp_path), {"laion": "/s"}, ["z:max_steps=1"], names)
+
+
+def test_curriculum_phases_are_one_resumed_run_with_their_own_steps_settings_and_data(tmp_path):
+    phases = [CurriculumPhase("short", 4, ["batch_size_per_worker=2"], data="low"),
+              CurriculumPhase("long", 9, ["model.image_size=32"], data="high")]
+    s = stage("v", data="low", phases=phases)
+    data = {"low": "/low", "high": "/high"}
+    cfg = resolve_stage_config(s, "exp", str(tmp_path), data, [], ["v"])
+    first, second = phase_configs(cfg, phases, data)
+    assert (first.max_steps, first.batch_size_per_worker, first.data.path, first.model.image_size) == (4, 2, "/low", 16)
+    assert (second.max_steps, second.batch_size_per_worker, second.data.path, second.model.image_size) == (9, 4, "/high", 32)
+    assert first.name == second.name == "v" and first.storage_path == second.storage_path
+    assert phase_configs(cfg, [], data) == [cfg]
+
+
+def test_a_failed_stage_fails_its_dependants_down_the_chain_and_no_other():
+    sched = Schedule([stage("a"), stage("b", ["a"]), stage("c", ["b"]), stage("d")])
+    planned = {n: PlannedStage(sched.stage(n), text_to_image_demo_debug(), res(1)) for n in sched.order()}
+    records = {n: new_record(p, None) for n, p in planned.items()}
+    records["a"].update(status="failed", reason="UsageError: /nowhere: no manifest.json")
+    assert fail_dependants(records, planned)
+    assert records["b"]["reason"] == "needs a, which failed: UsageError: /nowhere: no manifest.json"
+    assert records["c"]["reason"].startswith("needs b, which failed: needs a, which failed")
+    assert records["d"]["status"] == "pending" and not fail_dependants(records, planned)
+
+
+def test_done_stages_are_skipped_on_a_rerun_and_keep_their_record():
+    sched = engine_debug()
+    p = PlannedStage(sched.stage("a"), text_to_image_demo_debug(), res(1))
+    before = {"status": "done", "checkpoint": "/runs/exp/a/checkpoint_000001", "started": "t0", "finished": "t1", "metrics": {}}
+    again = new_record(p, before)
+    assert (again["status"], again["checkpoint"], again["started"]) == ("skipped", before["checkpoint"], "t0")
+    assert new_record(p, {**before, "status": "skipped"})["status"] == "skipped"
+    for status in ("running", "failed", "pending"):  # interrupted or failed: run again (Ray Train resumes)
+        assert new_record(p, {**before, "status": status})["status"] == "pending"
+
+
+def test_data_flags_map_styles_to_uris_and_bad_ones_are_one_line():
+    from training.orchestrator import parse_data
+
+    assert parse_data(["laion=s3://b/laion=1", "webvid=/d/w"]) == {"laion": "s3://b/laion=1", "webvid": "/d/w"}
+    with pytest.raises(UsageError, match="--data '/d/w': expected STYLE=URI"):
+        parse_data(["/d/w"])
+    with pytest.raises(UsageError, match="--data laion: given twice"):
+        parse_data(["laion=/a", "laion=/b"])
+
+
+def test_schedule_records_round_trip_through_s3_and_mark_done_stages_skipped(s3_endpoint, bucket):
+    from common.storage import S3Config
+    from training.orchestrator import read_records, write_records
+
+    s3 = S3Config(endpoint_url=s3_endpoint)
+    uri = f"{bucket}/runs/exp/schedule.json"
+    assert read_records(uri, s3) == {}
+    sched = engine_debug()
+    planned = {n: PlannedStage(sched.stage(n), text_to_image_demo_debug(), res(1)) for n in sched.order()}
+    records = {n: new_record(p, None) for n, p in planned.items()}
+    records["a"].update(status="done", checkpoint=f"{bucket}/runs/exp/a/checkpoint_x", started="t0", finished="t1")
+    records["b"].update(status="running", started="t0")
+    write_records(uri, "engine_debug", "exp", records, s3)
+    back = read_records(uri, s3)
+    assert back == records
+    rerun = {n: new_record(p, back.get(n))["status"] for n, p in planned.items()}
+    assert rerun == {"a": "skipped", "b": "pending", "c": "pending"}
+
+
+def test_a_corrupt_schedule_record_is_one_line(tmp_path):
+    from training.orchestrator import read_records
+
+    (tmp_path / "schedule.json").write_text("{not json")
+    with pytest.raises(UsageError, match=r"schedule.json: not a schedule record .*move it away"):
+        read_records(str(tmp_path / "schedule.json"), None)

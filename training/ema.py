@@ -1,0 +1,72 @@
+"""Exponential moving average of parameters, fed (name, full tensor) pairs.
+
+    θ̄_0 = θ_0,   θ̄_n = β_n θ̄_{n-1} + (1 − β_n) θ_n
+
+With a constant β this is θ̄_n = β^n θ_0 + Σ_{k=1..n} (1 − β) β^{n−k} θ_k. With ``warmup`` the decay
+of the n-th update is β_n = min(β, (1 + n) / (10 + n)) (TensorFlow's ``ExponentialMovingAverage``
+with ``num_updates``, used by latent diffusion's LitEma), so early averages forget the random init.
+
+The update takes any iterable of (name, tensor) pairs rather than a module, so a ZeRO-3 engine can
+feed each parameter while it is gathered (``GatheredParameters``) and keep the average on one rank.
+The average is held in fp32 whatever the parameters' dtype (bf16 steps are below bf16's resolution).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import torch
+
+
+def ema_decay(decay: float, num_updates: int, warmup: bool) -> float:
+    """β_n of the n-th update (n >= 1)."""
+    return min(decay, (1 + num_updates) / (10 + num_updates)) if warmup else decay
+
+
+class EMA:
+    def __init__(self, named_params: Iterable[tuple[str, torch.Tensor]], decay: float = 0.9999, warmup: bool = False):
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+        self.decay, self.warmup, self.num_updates = decay, warmup, 0
+        self.shadow = {name: t.detach().to(torch.float32, copy=True) for name, t in named_params}
+
+    @torch.no_grad()
+    def update(self, named_params: Iterable[tuple[str, torch.Tensor]]) -> float:
+        """One step of the average over every tracked parameter; returns the β used."""
+        self.num_updates += 1
+        beta = ema_decay(self.decay, self.num_updates, self.warmup)
+        seen = set()
+        for name, t in named_params:
+            if name not in self.shadow:
+                raise KeyError(f"EMA: parameter {name!r} is not tracked (tracked: {len(self.shadow)} parameters)")
+            avg = self.shadow[name]
+            if t.shape != avg.shape:
+                raise ValueError(f"EMA: parameter {name!r} has shape {tuple(t.shape)}, the average {tuple(avg.shape)} "
+                                 f"(a ZeRO-3 shard? pass the gathered tensor)")
+            avg.mul_(beta).add_(t.detach().to(avg.device, torch.float32), alpha=1.0 - beta)
+            seen.add(name)
+        missing = self.shadow.keys() - seen
+        if missing:
+            raise KeyError(f"EMA: update got no value for {len(missing)} tracked parameter(s), e.g. {sorted(missing)[0]!r}")
+        return beta
+
+    def named_averages(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return iter(self.shadow.items())
+
+    @torch.no_grad()
+    def copy_to(self, module: torch.nn.Module) -> None:
+        """Write the averages into the module's parameters of the same names (e.g. to export EMA weights)."""
+        params = dict(module.named_parameters())
+        for name, avg in self.shadow.items():
+            params[name].copy_(avg.to(params[name].dtype))
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates,
+                "shadow": {k: v.clone() for k, v in self.shadow.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state["shadow"]) != set(self.shadow):
+            extra = sorted(set(state["shadow"]) ^ set(self.shadow))
+            raise KeyError(f"EMA state does not match the tracked parameters (differs at {extra[0]!r})")
+        self.decay, self.warmup, self.num_updates = float(state["decay"]), bool(state["warmup"]), int(state["num_updates"])
+        self.shadow = {k: v.detach().to(torch.float32, copy=True) for k, v in state["shadow"].items()}
