@@ -102,7 +102,7 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict:
                                     data=dataclasses.replace(cfg.train.data, path=str(shards)))
     result = train(train_cfg)
     if result.error:
-        raise JobFailed(f"training failed: {result.error}")
+        raise JobFailed(f"training failed: {result.error}" + (f" (Ray's logs: {ray_logs})" if ray_logs else ""))
     timings["train_s"] = time.perf_counter() - started
     checkpoint = find_checkpoint(Path(run_dir(train_cfg)))
     history = json.loads((checkpoint / HISTORY_NAME).read_text())
@@ -136,11 +136,30 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run, accepts_overrides=True)
 
 
+def keep_ray_logs(out: Path) -> None:
+    """Stop Ray and turn ``<out>/ray_logs`` (a link into Ray's session folder under /tmp) into a copy
+    that outlives /tmp's cleaning."""
+    import shutil
+
+    import ray
+
+    link = out.resolve() / "ray_logs"
+    if not link.is_symlink():
+        return
+    ray.shutdown()
+    target = link.resolve()
+    link.unlink()
+    shutil.copytree(target, link, symlinks=True, ignore_dangling_symlinks=True)
+
+
 def run(args) -> int:
     base = debug_config() if args.debug else DemoConfig()
     cfg = load_config(DemoConfig, args.config, args.overrides, base=base)
     started = time.perf_counter()
-    paths = run_demo(cfg, Path(args.out))
+    try:
+        paths = run_demo(cfg, Path(args.out))
+    finally:
+        keep_ray_logs(Path(args.out))
     print(f"demo done in {time.perf_counter() - started:.0f} s — look at {paths['grid']} and {paths['loss_plot']}"
           + (f"; Ray's logs: {paths['ray_logs']}" if paths["ray_logs"] else ""))
     return 0

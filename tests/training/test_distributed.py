@@ -117,6 +117,7 @@ def test_loss_falls_on_a_fixed_batch(runs):
             return text_to_image_loss(model, images, captions, torch.Generator().manual_seed(5)).item()
 
     early, late = fixed_batch_loss(first[STEPS_PER_EPOCH]), fixed_batch_loss(first[STEPS])
+    print(f"fixed-batch loss after epoch 1: {early:.4f}, after epoch 4: {late:.4f}")
     assert late < 0.8 * early, (early, late)
 
 
@@ -139,3 +140,14 @@ def test_resume_restores_weights_and_optimizer_state_exactly(runs):
         assert sum(len(k) for k in record["samples"].values()) == (RESUMED_STEPS - STEPS) * BATCH
         assert record["weights_sha256"] != saved_weights
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+
+
+@pytest.mark.timeout(60)
+def test_rays_logs_are_linked_into_the_run_folder(runs):
+    """Workers' output stays out of the terminal (log_to_driver=False) and is found from the run."""
+    cfg = runs[0]
+    link = Path(run_dir(cfg)) / "ray_logs"
+    assert link.is_symlink() and link.resolve().is_dir()
+    worker_logs = list(link.glob("worker-*.out")) + list(link.glob("worker-*.err"))
+    assert worker_logs, sorted(p.name for p in link.iterdir())[:20]
+    assert any("RayTrainWorker" in p.read_text(errors="replace") for p in worker_logs)  # the Train workers' own
