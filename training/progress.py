@@ -8,6 +8,7 @@ otherwise (a log file, a pipe, CI) it prints one line every ``every_s`` seconds 
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -130,7 +131,9 @@ class ProgressDisplay:
         if state is None:
             return
         if self._bar is None:
+            # a terminal that reports no size (0x0, e.g. a pty under `script`) would get an empty bar
+            size = shutil.get_terminal_size((100, 20))
             self._bar = tqdm(total=state.total, initial=state.first_step, desc=self.label, unit="step",
-                             file=self.stream, dynamic_ncols=True, leave=True)
+                             file=self.stream, ncols=size.columns, nrows=size.lines, leave=True)
         self._bar.set_postfix_str(f"loss {state.loss:.4f} · {state.samples_per_s:.1f} samples/s", refresh=False)
         self._bar.update(state.step - self._bar.n)
