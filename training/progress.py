@@ -96,6 +96,8 @@ class ProgressDisplay:
         self._stop.set()
         self._thread.join(timeout=10)
         self._poll()
+        if self.tty:
+            self._draw_bar()  # the final state, not the last one a poll happened to catch
         if self._bar is not None:
             self._bar.close()
         elif self._last is not None and self._last != self._printed:

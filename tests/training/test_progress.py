@@ -32,20 +32,28 @@ def test_board_keeps_the_latest_report_and_times_from_start():
     assert state.elapsed_s >= 0
 
 
-def feed(states):
+class Feed:
     """A reader returning the given states one poll after another, then the last one."""
-    states = list(states)
 
-    def read():
-        return states.pop(0) if len(states) > 1 else states[0]
-    return read
+    def __init__(self, states):
+        self.states = list(states)
+
+    def __call__(self):
+        return self.states.pop(0) if len(self.states) > 1 else self.states[0]
+
+    def wait_drained(self, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.states) > 1:
+            assert time.monotonic() < deadline, "the display stopped polling"
+            time.sleep(0.01)
 
 
 def test_off_a_terminal_it_prints_one_line_per_period_and_the_final_state_once():
     out = io.StringIO()
     states = [None] + [Progress(s, 8, 0, 1.0 / s, 10.0, s * 0.1) for s in range(1, 9)]
-    with ProgressDisplay("train x", read=feed(states), stream=out, every_s=0.05, poll_s=0.01, tty=False):
-        time.sleep(0.3)
+    read = Feed(states)
+    with ProgressDisplay("train x", read=read, stream=out, every_s=0.05, poll_s=0.01, tty=False):
+        read.wait_drained()
     lines = out.getvalue().splitlines()
     assert lines and all(line.startswith("train x: step ") for line in lines)
     assert lines[-1].startswith("train x: step 8/8 (100%)")
@@ -56,8 +64,9 @@ def test_off_a_terminal_it_prints_one_line_per_period_and_the_final_state_once()
 def test_on_a_terminal_it_redraws_one_bar():
     out = io.StringIO()
     states = [Progress(s, 8, 0, 0.5, 10.0, s * 0.1) for s in range(1, 9)]
-    with ProgressDisplay("train x", read=feed(states), stream=out, poll_s=0.01, tty=True):
-        time.sleep(0.2)
+    read = Feed(states)
+    with ProgressDisplay("train x", read=read, stream=out, poll_s=0.01, tty=True):
+        read.wait_drained()
     text = out.getvalue()
     assert "\n" not in text.rstrip("\n"), "a bar redraws in place with carriage returns, not new lines"
     assert "8/8" in text and "loss 0.5000" in text and "10.0 samples/s" in text
