@@ -54,6 +54,7 @@ def test_off_a_terminal_it_prints_one_line_per_period_and_the_final_state_once()
     read = Feed(states)
     with ProgressDisplay("train x", read=read, stream=out, every_s=0.05, poll_s=0.01, tty=False):
         read.wait_drained()
+        time.sleep(0.3)  # six more periods of an unchanged state: nothing new to print
     lines = out.getvalue().splitlines()
     assert lines and all(line.startswith("train x: step ") for line in lines)
     assert lines[-1].startswith("train x: step 8/8 (100%)")
