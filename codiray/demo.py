@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,7 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict:
     from pipelines.laion import prepare_laion
     from pipelines.toyworld import write_laion_corpus
     from training.generate import find_checkpoint, generate_images, save_grid, write_samples
-    from training.launch import run_dir, train
+    from training.launch import link_ray_logs, run_dir, train
     from training.loop import HISTORY_NAME
     from models.text_to_image import TextToImageDiffuser
 
@@ -87,7 +88,9 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict:
         write_laion_corpus(corpus, num_samples=cfg.num_samples, image_size=cfg.source_size, seed=cfg.seed)
     print(f"[1/4] toy-world corpus: {corpus} ({cfg.num_samples} captioned JPEGs + metadata.parquet)", flush=True)
 
-    ensure_ray()
+    # Workers' output and Ray's INFO chatter go to Ray's log folder (linked below); warnings stay here.
+    ensure_ray(log_to_driver=False, logging_level=logging.WARNING)
+    ray_logs = link_ray_logs(out)
     shards = bucket / "shards"
     manifest = prepare_laion(str(corpus / "metadata.parquet"), str(corpus / "images"), str(shards), cfg.prepare)
     timings["prepare_s"] = time.perf_counter() - started
@@ -99,7 +102,7 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict:
                                     data=dataclasses.replace(cfg.train.data, path=str(shards)))
     result = train(train_cfg)
     if result.error:
-        raise JobFailed(f"training failed: {result.error}")
+        raise JobFailed(f"training failed: {result.error}" + (f" (Ray's logs: {ray_logs})" if ray_logs else ""))
     timings["train_s"] = time.perf_counter() - started
     checkpoint = find_checkpoint(Path(run_dir(train_cfg)))
     history = json.loads((checkpoint / HISTORY_NAME).read_text())
@@ -117,7 +120,8 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict:
     timings["generate_s"] = time.perf_counter() - started
     print(f"[4/4] samples: {samples} ({len(prompts)} PNGs; grid: {grid})", flush=True)
     return {"corpus": str(corpus), "shards": str(shards), "checkpoint": str(checkpoint), "loss_plot": str(plot),
-            "samples": str(samples), "grid": str(grid), "manifest": manifest, "timings": timings}
+            "samples": str(samples), "grid": str(grid), "manifest": manifest, "timings": timings,
+            "ray_logs": str(ray_logs) if ray_logs else None}
 
 
 def register(subparsers) -> None:
@@ -132,10 +136,30 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run, accepts_overrides=True)
 
 
+def keep_ray_logs(out: Path) -> None:
+    """Stop Ray and turn ``<out>/ray_logs`` (a link into Ray's session folder under /tmp) into a copy
+    that outlives /tmp's cleaning."""
+    import shutil
+
+    import ray
+
+    link = out.resolve() / "ray_logs"
+    if not link.is_symlink():
+        return
+    ray.shutdown()
+    target = link.resolve()
+    link.unlink()
+    shutil.copytree(target, link, symlinks=True, ignore_dangling_symlinks=True)
+
+
 def run(args) -> int:
     base = debug_config() if args.debug else DemoConfig()
     cfg = load_config(DemoConfig, args.config, args.overrides, base=base)
     started = time.perf_counter()
-    paths = run_demo(cfg, Path(args.out))
-    print(f"demo done in {time.perf_counter() - started:.0f} s — look at {paths['grid']} and {paths['loss_plot']}")
+    try:
+        paths = run_demo(cfg, Path(args.out))
+    finally:
+        keep_ray_logs(Path(args.out))
+    print(f"demo done in {time.perf_counter() - started:.0f} s — look at {paths['grid']} and {paths['loss_plot']}"
+          + (f"; Ray's logs: {paths['ray_logs']}" if paths["ray_logs"] else ""))
     return 0

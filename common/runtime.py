@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 
 
-def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
+def ensure_ray(num_cpus: int | None = None, address: str | None = None, *, log_to_driver: bool = True,
+               logging_level: int | None = None) -> None:
     """Initialise Ray once per process.
 
     With no cluster named, start an embedded one. On small machines give Ray more logical CPUs
     than the Train workers take (default: 2x the cores, at least 4), or Ray Data's streaming read
-    starves behind the workers and the run hangs.
+    starves behind the workers and the run hangs. ``log_to_driver=False`` leaves the workers'
+    output in Ray's session log folder (see ``ray_logs_dir``) instead of echoing it here;
+    ``logging_level`` is the level of Ray's own driver-side logger (default INFO).
     """
     import ray
 
@@ -21,4 +24,13 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    extra = {} if logging_level is None else {"logging_level": logging_level}
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=log_to_driver, **extra)
+
+
+def ray_logs_dir() -> str | None:
+    """The log folder of the Ray node this process started (None when connected to a cluster)."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    return node.get_logs_dir_path() if ray.is_initialized() and node is not None and node.head else None

@@ -19,7 +19,7 @@ from training.generate import find_checkpoint
 from training.launch import run_dir, train
 from training.loop import HISTORY_NAME, STATE_NAME
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,7 @@ def demo(ray_local, tmp_path_factory):
     return cfg, out, run_demo(cfg, out)
 
 
+@pytest.mark.timeout(480)  # pays the module's demo run (measured 146 s, 80 s of it the cold DeepSpeed op build)
 def test_shards_account_for_every_input(demo):
     cfg, out, paths = demo
     manifest = paths["manifest"]
@@ -46,6 +47,7 @@ def test_shards_account_for_every_input(demo):
     assert {r["key"] for r in rows}.isdisjoint(unsafe)
 
 
+@pytest.mark.timeout(300)  # a resumed 2-worker run of 3 steps
 def test_training_checkpoints_and_resumes_from_the_saved_step(demo):
     cfg, out, paths = demo
     checkpoint = Path(paths["checkpoint"])
@@ -66,6 +68,7 @@ def test_training_checkpoints_and_resumes_from_the_saved_step(demo):
     assert steps == logged, steps
 
 
+@pytest.mark.timeout(120)
 def test_generate_writes_decodable_pngs_of_the_configured_size(demo, tmp_path, capsys):
     cfg, out, paths = demo
     size = cfg.train.model.image_size
@@ -86,6 +89,7 @@ def test_generate_writes_decodable_pngs_of_the_configured_size(demo, tmp_path, c
     assert Path(paths["loss_plot"]).is_file()
 
 
+@pytest.mark.timeout(300)  # a fresh 2-step 2-worker run through the CLI
 def test_train_command_runs_a_recipe_with_overrides(demo, tmp_path, capsys):
     cfg, out, paths = demo
     code = main(["train", "--recipe", "text_to_image_demo_debug", "--data", paths["shards"],
@@ -101,6 +105,7 @@ def test_train_command_runs_a_recipe_with_overrides(demo, tmp_path, capsys):
     assert "trained cli-run: step 2" in capsys.readouterr().out
 
 
+@pytest.mark.timeout(60)  # refused before any worker starts
 def test_train_refuses_shards_that_do_not_fit_the_model(demo, capsys):
     cfg, out, paths = demo
     assert main(["train", "--recipe", "text_to_image_demo_debug", "--data", paths["shards"],

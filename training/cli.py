@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from pathlib import Path
 
+from common import storage
 from common.config import load_config
 from common.errors import JobFailed, UsageError
 from training.config import TrainConfig
@@ -48,8 +50,11 @@ def run(args) -> int:
 
     cfg = resolve_train_config(args)
     result = train(cfg)
+    logs = storage.join(run_dir(cfg), "ray_logs")
+    logs_note = f"Ray's logs: {logs}" if not storage.is_remote(logs) and Path(logs).exists() else ""
     if result.error:
-        raise JobFailed(f"training failed: {result.error}")
+        raise JobFailed(f"training failed: {result.error}" + (f" ({logs_note})" if logs_note else ""))
     print(f"trained {cfg.name}: step {result.metrics.get('step')} loss {result.metrics.get('loss'):.4f}; "
-          f"checkpoints under {run_dir(cfg)}; latest {result.checkpoint.path if result.checkpoint else None}")
+          f"checkpoints under {run_dir(cfg)}; latest {result.checkpoint.path if result.checkpoint else None}"
+          + (f"; {logs_note}" if logs_note else ""))
     return 0

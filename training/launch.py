@@ -12,7 +12,7 @@ from pathlib import Path
 
 from common.config import save_config, to_dict
 from common.errors import UsageError
-from common.runtime import ensure_ray
+from common.runtime import ensure_ray, ray_logs_dir
 from common import storage
 from pipelines.reader import read_manifest, read_shards
 from training.config import TrainConfig
@@ -51,13 +51,34 @@ def check_data_fits(cfg: TrainConfig) -> None:
                          f"{cfg.batch_size_per_worker} on each of {cfg.scaling.num_workers} workers")
 
 
-def train(cfg: TrainConfig):
-    """Fit the stage and return Ray Train's ``Result`` (``result.checkpoint`` is the latest)."""
+def link_ray_logs(folder: Path) -> Path | None:
+    """``<folder>/ray_logs`` -> the log folder of the Ray this process started (workers' stdout/stderr,
+    the Train controller, Ray Data); None when Ray runs elsewhere (a cluster keeps its own)."""
+    logs = ray_logs_dir()
+    if logs is None:
+        return None
+    link = folder / "ray_logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(logs, target_is_directory=True)
+    return link
+
+
+def train(cfg: TrainConfig, progress: bool = True):
+    """Fit the stage and return Ray Train's ``Result`` (``result.checkpoint`` is the latest).
+
+    With ``progress``, one line on stdout follows rank 0 (training/progress.py). A Ray started here
+    keeps the workers' output in its log folder, linked as ``<run dir>/ray_logs``.
+    """
+    import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from training.progress import ProgressBoard, ProgressDisplay
+
     check_data_fits(cfg)  # before Ray starts: a wrong --data is one line, not a failed cluster job
-    ensure_ray()
+    ensure_ray(log_to_driver=False)
     dataset = read_shards(cfg.data.path, cfg.data.s3)
     resolved = run_dir(cfg)
     if storage.is_remote(resolved):
@@ -66,11 +87,13 @@ def train(cfg: TrainConfig):
         storage.write_bytes(storage.join(resolved, CONFIG_NAME), yaml.safe_dump(to_dict(cfg)).encode(), cfg.data.s3)
     else:
         save_config(cfg, Path(resolved) / CONFIG_NAME)
+        link_ray_logs(Path(resolved))
     filesystem, storage_path = (storage.resolve(storage_uri(cfg), cfg.data.s3)
                                 if storage.is_remote(cfg.storage_path) else (None, storage_uri(cfg)))
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote() if progress else None
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": to_dict(cfg)},
+        train_loop_config={"train": to_dict(cfg), "progress": board},
         scaling_config=cfg.scaling.worker.scaling_config(cfg.scaling.num_workers),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.worker.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
@@ -83,4 +106,10 @@ def train(cfg: TrainConfig):
         ),
         datasets={"train": dataset},
     )
-    return trainer.fit()
+    if board is None:
+        return trainer.fit()
+    try:
+        with ProgressDisplay(f"train {cfg.name}", read=lambda: ray.get(board.read.remote(), timeout=10)):
+            return trainer.fit()
+    finally:
+        ray.kill(board)

@@ -19,6 +19,7 @@ from training.config import TrainConfig
 DEEPSPEED_TAG = "deepspeed"
 STATE_NAME = "train_state.json"
 HISTORY_NAME = "metrics_history.json"  # every logged metric since step 0: the checkpoint's loss curve
+RANKS_DIR = "ranks"  # ranks/rank_<r>.json: what each rank trained on and held (see rank_record)
 
 
 def deepspeed_config(cfg: TrainConfig) -> dict:
@@ -60,9 +61,30 @@ def batches_forever(shard, cfg: TrainConfig, first_epoch: int = 0):
         epoch += 1
 
 
-def save_checkpoint(engine, step: int, epoch: int, rank: int, directory: Path, history: list[dict]) -> None:
-    """DeepSpeed's sharded state (every rank writes its part) + safetensors weights from rank 0."""
+def held_state(engine) -> dict:
+    """Digests of the weights and of this rank's optimizer state (its ZeRO partition) as held now."""
+    from training.checkpointing import state_digest
+
+    return {"weights_sha256": state_digest(engine.module.state_dict()),
+            "optimizer_sha256": state_digest(engine.optimizer.state_dict())}
+
+
+def rank_record(engine, rank: int, world: int, step: int, samples: dict[int, list[str]],
+                resumed_from: dict | None) -> dict:
+    """One rank's account of a checkpoint: the sample keys it trained on since the previous
+    checkpoint (by epoch), the state it holds at this step, and the state it resumed from."""
+    return {"rank": rank, "world_size": world, "step": step, **held_state(engine),
+            "samples": {str(epoch): keys for epoch, keys in samples.items()}, "resumed_from": resumed_from}
+
+
+def save_checkpoint(engine, step: int, epoch: int, rank: int, directory: Path, history: list[dict],
+                    record: dict | None = None) -> None:
+    """DeepSpeed's sharded state (every rank writes its part and its record) + safetensors weights
+    from rank 0. Ray Train merges every rank's directory into one checkpoint."""
     engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, client_state={"step": step, "epoch": epoch})
+    if record is not None:
+        (directory / RANKS_DIR).mkdir(exist_ok=True)
+        (directory / RANKS_DIR / f"rank_{rank}.json").write_text(json.dumps(record))
     if rank == 0:
         engine.module.save_pretrained(directory)
         (directory / STATE_NAME).write_text(json.dumps({"step": step, "epoch": epoch}))
@@ -95,6 +117,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cfg = from_dict(TrainConfig, loop_config["train"], source="<train loop config>")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    board = loop_config.get("progress") if rank == 0 else None  # one feed: rank 0's view only
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = TextToImageDiffuser(cfg.model)
     optimizer, scheduler = build_optimizer(model, cfg)
@@ -102,7 +125,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                            config=deepspeed_config(cfg))
     use_safe_checkpoint_loading(engine)
 
-    step, epoch, history = 0, 0, []
+    step, epoch, history, resumed_from = 0, 0, [], None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -110,11 +133,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
             step, epoch = int(client_state["step"]), int(client_state.get("epoch", 0))
             if (Path(directory) / HISTORY_NAME).is_file():
                 history = json.loads((Path(directory) / HISTORY_NAME).read_text())
+        resumed_from = {"step": step, **held_state(engine)}
 
     schedule = build_schedule(cfg.model.diffusion)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 7919 * step)  # fresh noise per resume
     shard = ray.train.get_dataset_shard("train")
-    losses, started = [], time.perf_counter()
+    losses, samples, started = [], {}, time.perf_counter()
+    if board is not None:
+        board.start.remote(step, cfg.max_steps)
     for epoch, batch in batches_forever(shard, cfg, first_epoch=epoch):
         if step >= cfg.max_steps:
             break
@@ -123,6 +149,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         engine.step()
         step += 1
         losses.append(loss.item())
+        samples.setdefault(epoch, []).extend(batch["key"].tolist())
+        if board is not None:
+            board.update.remote(step, sum(losses) / len(losses),
+                                len(losses) * cfg.batch_size_per_worker * world / (time.perf_counter() - started))
 
         last = step == cfg.max_steps
         if step % cfg.log_every and step % cfg.checkpoint_every and not last:
@@ -134,8 +164,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         losses, started = [], time.perf_counter()
         history.append(metrics)
         if step % cfg.checkpoint_every == 0 or last:
+            record = rank_record(engine, rank, world, step, samples, resumed_from)
+            samples = {}
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(engine, step, epoch, rank, Path(tmp), history)
+                save_checkpoint(engine, step, epoch, rank, Path(tmp), history, record)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)

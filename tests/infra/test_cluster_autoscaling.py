@@ -24,7 +24,7 @@ from ray.cluster_utils import FAKE_HEAD_NODE_ID, AutoscalingCluster
 from cluster_helpers import REPO, VENV_BIN, base_env, free_port, wait_for
 from infra import specs
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 IDLE_TIMEOUT_S = 6
 _FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
@@ -167,6 +167,7 @@ def fake_cluster(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+@pytest.mark.timeout(540)  # cluster start + 90 s head probe + the 300 s driver budget + teardown
 def test_gpu_stage_scales_a_gpu_node_up_from_zero_and_back(fake_cluster, record_property):
     cluster, env = fake_cluster
     address = f"127.0.0.1:{cluster._gcs_port}"

@@ -8,7 +8,10 @@ import pytest
 
 from cluster_helpers import wait_for
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+# Sized for the test that happens to pay the module's fixtures: the Ray head (<= 90 s) and, for
+# tests using prepare_run, the `submit --follow` prepare job (CLI budget 300 s).
+WITH_HEAD_S, WITH_PREPARE_S = 360, 480
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +28,7 @@ def prepare_run(ray_head, toy_laion, tmp_path_factory):
     return result, job_id, out
 
 
+@pytest.mark.timeout(WITH_PREPARE_S)
 def test_submit_follow_runs_prepare_and_exits_zero(prepare_run, ray_head):
     result, job_id, out = prepare_run
     assert result.returncode == 0, result.output
@@ -43,6 +47,7 @@ def test_submit_follow_runs_prepare_and_exits_zero(prepare_run, ray_head):
     assert info.metadata["codiray_command"] == "prepare"
 
 
+@pytest.mark.timeout(WITH_HEAD_S)
 def test_failing_job_exits_nonzero_with_its_error(ray_head, tmp_path):
     missing = tmp_path / "no-such-metadata.parquet"
     result = ray_head.cli("submit", "--wait", "--", "prepare", "laion", "--metadata", str(missing),
@@ -55,6 +60,7 @@ def test_failing_job_exits_nonzero_with_its_error(ray_head, tmp_path):
     assert ray_head.token not in result.output
 
 
+@pytest.mark.timeout(WITH_PREPARE_S)
 def test_jobs_list_status_and_logs(prepare_run, ray_head):
     _, job_id, _ = prepare_run
     listed = ray_head.cli("jobs", "list")
@@ -71,6 +77,7 @@ def test_jobs_list_status_and_logs(prepare_run, ray_head):
     assert followed.returncode == 0 and "prepared " in followed.stdout
 
 
+@pytest.mark.timeout(WITH_HEAD_S)
 def test_jobs_stop(ray_head):
     client = ray_head.client()
     job_id = client.submit_job(entrypoint="python -c 'import time; time.sleep(120)'")
@@ -84,6 +91,7 @@ def test_jobs_stop(ray_head):
     assert followed.returncode == 1 and f"job {job_id} STOPPED" in followed.stderr
 
 
+@pytest.mark.timeout(WITH_HEAD_S)
 def test_missing_or_wrong_token_is_one_clear_line(ray_head):
     missing = ray_head.cli("jobs", "list", with_token=False)
     assert missing.returncode == 2
@@ -95,12 +103,14 @@ def test_missing_or_wrong_token_is_one_clear_line(ray_head):
     assert "not-the-token" not in wrong.output
 
 
+@pytest.mark.timeout(WITH_HEAD_S)
 def test_unknown_job_is_one_clear_line(ray_head):
     result = ray_head.cli("jobs", "status", "codiray-nope-123")
     assert result.returncode == 2
     assert result.stderr.strip() == f"codiray: error: no job 'codiray-nope-123' on the Ray cluster at {ray_head.address}"
 
 
+@pytest.mark.timeout(WITH_HEAD_S)
 def test_submit_without_wait_prints_the_id_and_returns(ray_head, tmp_path):
     result = ray_head.cli("submit", "--job-id", "codiray-nowait-1", "--", "prepare", "laion",
                           "--metadata", str(tmp_path / "none.parquet"), "--media", str(tmp_path),

@@ -169,12 +169,29 @@ def test_missing_bucket_stops_the_job_with_one_line(ray_local, s3_endpoint, tmp_
     assert "no such bucket 'no-such-bucket'" in err
 
 
-def run_cli(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+def run_cli(args: list[str], env: dict, log: Path, started: list | None = None) -> subprocess.Popen:
     """`codiray prepare` in its own session; output goes to a file (a pipe nobody drains can fill up
-    and stall the job)."""
+    and stall the job). ``started`` collects the process for ``cli_groups``."""
     with open(log, "wb") as sink:
-        return subprocess.Popen([sys.executable, "-m", "codiray.cli", "prepare", *args], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "codiray.cli", "prepare", *args], cwd=ROOT, env=env,
                                 stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    if started is not None:
+        started.append(proc)
+    return proc
+
+
+@pytest.fixture()
+def cli_groups():
+    """The CLI runs a test started; on teardown (pass, failure or pytest-timeout) SIGKILL each one's
+    process group, so a timed-out run leaves no driver or Ray processes behind."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
 
 
 def tail(log: Path) -> str:
@@ -191,7 +208,7 @@ def all_keys(out: Path) -> list[str]:
     return keys
 
 
-def test_killed_job_rerun_yields_the_same_keys(tmp_path):
+def test_killed_job_rerun_yields_the_same_keys(tmp_path, cli_groups):
     """SIGKILL a real `codiray prepare` once some shards are committed; the re-run finishes the rest
     and the key set equals an uninterrupted run's: nothing duplicated, nothing missing."""
     from pipelines.toyworld_media import VideoSpec, write_webvid_corpus
@@ -203,7 +220,7 @@ def test_killed_job_rerun_yields_the_same_keys(tmp_path):
               "video.size=32", "video.frames=4", "shards.samples_per_shard=1", "concurrency=1"]
 
     killed = tmp_path / "killed"
-    proc = run_cli(common + ["--out", str(killed)], env, tmp_path / "killed.log")
+    proc = run_cli(common + ["--out", str(killed)], env, tmp_path / "killed.log", cli_groups)
     parts = killed / "_parts"
     deadline = time.monotonic() + 240
     while not (parts.is_dir() and len(list(parts.glob("*.json"))) >= 3):
@@ -215,10 +232,10 @@ def test_killed_job_rerun_yields_the_same_keys(tmp_path):
     done_before = len(list(parts.glob("*.json")))
     assert done_before < 24 and not (killed / "manifest.json").exists()
 
-    rerun = run_cli(common + ["--out", str(killed)], env, tmp_path / "rerun.log")
+    rerun = run_cli(common + ["--out", str(killed)], env, tmp_path / "rerun.log", cli_groups)
     assert rerun.wait(timeout=300) == 0, tail(tmp_path / "rerun.log")
     whole = tmp_path / "whole"
-    straight = run_cli(common + ["--out", str(whole)], env, tmp_path / "whole.log")
+    straight = run_cli(common + ["--out", str(whole)], env, tmp_path / "whole.log", cli_groups)
     assert straight.wait(timeout=300) == 0, tail(tmp_path / "whole.log")
 
     keys_killed, keys_whole = all_keys(killed), all_keys(whole)

@@ -1,11 +1,14 @@
 """Run by test_deepspeed_checkpoints.py in a subprocess: one DeepSpeed engine (world size 1, gloo on
 CPU) at a given ZeRO stage takes two steps, saves a checkpoint the way the Train loop does, and a
-fresh engine loads it back through the safe loader. Prints a JSON summary on the last line."""
+fresh engine loads it back through the safe loader. Then a copy of the checkpoint with a pickled
+callable planted in it goes through ``engine.load_checkpoint``. Prints a JSON summary on the last line."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,12 +16,35 @@ import numpy as np
 import torch
 
 
-def _optimizer_steps(engine) -> int:
-    """AdamW's step count from the (possibly ZeRO-wrapped) optimizer: proof its state was restored."""
-    state = engine.optimizer.state_dict()
-    inner = state.get("base_optimizer_state", state)
-    steps = [int(s["step"]) for s in inner["state"].values()] if isinstance(inner, dict) and "state" in inner else []
-    return max(steps, default=0)
+def flat_tensors(state, path: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of a nested optimizer state, by its path (``base_optimizer_state/0/exp_avg`` ...)."""
+    if isinstance(state, torch.Tensor):
+        return {path: state.detach().float().cpu()}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    return {k: v for key, value in items for k, v in flat_tensors(value, f"{path}/{key}").items()}
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def plant_callable(checkpoint: Path, marker: Path) -> Path:
+    """A copy of the checkpoint whose model-states file also holds an object that, unpickled,
+    calls ``os.makedirs(marker)`` (what a hostile writer of shared storage could plant)."""
+
+    class Planted:
+        def __reduce__(self):
+            return (os.makedirs, (str(marker),))
+
+    from training.loop import DEEPSPEED_TAG
+
+    planted = checkpoint.parent / "planted"
+    shutil.copytree(checkpoint, planted)
+    states = planted / DEEPSPEED_TAG / "mp_rank_00_model_states.pt"
+    payload = torch.load(states, weights_only=False)
+    payload["planted"] = Planted()
+    torch.save(payload, states)
+    return planted
 
 
 def main(stage: int, precision: str, out: Path) -> None:
@@ -48,6 +74,7 @@ def main(stage: int, precision: str, out: Path) -> None:
         return engine
 
     engine = engine_for()
+    initial = {k: v.float().cpu().clone() for k, v in engine.module.state_dict().items()}
     images = np.random.default_rng(0).integers(0, 256, (cfg.batch_size_per_worker, 16, 16, 3), dtype=np.uint8)
     for _ in range(2):
         loss = text_to_image_loss(engine.module, images, ["a red circle"] * len(images), torch.Generator().manual_seed(1))
@@ -55,19 +82,37 @@ def main(stage: int, precision: str, out: Path) -> None:
         engine.step()
     save_checkpoint(engine, step=2, epoch=1, rank=0, directory=out, history=[{"step": 2}])
     trained = {k: v.float().cpu().clone() for k, v in engine.module.state_dict().items()}
+    trained_optimizer = flat_tensors(engine.optimizer.state_dict())
 
     fresh = engine_for()
+    fresh_optimizer = flat_tensors(fresh.optimizer.state_dict())
     _, client_state = fresh.load_checkpoint(str(out), tag=DEEPSPEED_TAG)
     reloaded = {k: v.float().cpu() for k, v in fresh.module.state_dict().items()}
     saved = TextToImageDiffuser.from_pretrained(out).state_dict()
+
+    marker = out.parent / "planted-callable-ran"
+    planted = plant_callable(out, marker)
+    try:
+        engine_for().load_checkpoint(str(planted), tag=DEEPSPEED_TAG)
+        refused = ""
+    except pickle.UnpicklingError as err:
+        refused = str(err)
     print(json.dumps({
         "client_state": {k: client_state[k] for k in ("step", "epoch")},
-        "optimizer_state_restored": _optimizer_steps(fresh) == _optimizer_steps(engine) > 0,
-        "resume_matches": all(torch.equal(trained[k], reloaded[k]) for k in trained),
+        # every tensor of the optimizer state (Adam moments, fp32 master partitions, step) as trained,
+        # and that state differs from a fresh engine's (else restoring it would prove nothing)
+        "optimizer_state_restored": same_tensors(flat_tensors(fresh.optimizer.state_dict()), trained_optimizer),
+        "optimizer_state_trained": not same_tensors(fresh_optimizer, trained_optimizer),
+        "num_optimizer_tensors": len(trained_optimizer),
+        "resume_matches": same_tensors(trained, reloaded),
         "safetensors_matches": all(torch.allclose(trained[k], saved[k].float()) for k in trained),
         "num_tensors": len(trained),
-        "changed_by_training": any(not torch.equal(trained[k], v.float()) for k, v in
-                                   TextToImageDiffuser(cfg.model).state_dict().items() if k.startswith("unet.")),
+        # against this run's own initial weights: false if the steps changed nothing
+        "changed_by_training": any(not torch.equal(trained[k], initial[k]) for k in trained if k.startswith("unet.")),
+        "frozen_text_encoder_unchanged": all(torch.equal(trained[k], initial[k]) for k in trained
+                                             if k.startswith("text_encoder.")),
+        "planted_refused": refused,
+        "planted_callable_ran": marker.exists(),
     }))
     dist.destroy_process_group()
 
