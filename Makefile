@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/codiray/torch_extensions
 PYTEST_ARGS ?=
 
-.PHONY: install demo test
+.PHONY: install demo test test-fast
 
 install: $(STAMP)
 
@@ -25,3 +25,7 @@ demo: $(STAMP)
 # 127.0.0.1 and any accidental download fails loudly.
 test: $(STAMP)
 	unshare --net --map-root-user sh -c 'ip link set lo up && exec $(PY) -m pytest $(PYTEST_ARGS)'
+
+# The fast subset: every test that starts neither Ray nor DeepSpeed (`slow` marks those).
+test-fast: $(STAMP)
+	unshare --net --map-root-user sh -c 'ip link set lo up && exec $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)'

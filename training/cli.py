@@ -1,4 +1,5 @@
-"""`codiray train --recipe NAME --data SHARDS [--config YAML] [key=value ...]`."""
+"""`codiray train --recipe NAME --data SHARDS [--config YAML] [key=value ...]` — one stage, or
+`codiray train --schedule NAME --data STYLE=URI [--data STYLE=URI ...]` — a DAG of stages."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from common.config import load_config
 from common.errors import JobFailed, UsageError
 from training.config import TrainConfig
 from training.recipes import RECIPES
+from training.schedules import SCHEDULES
 
 
 def register(subparsers) -> None:
@@ -23,9 +25,15 @@ def register(subparsers) -> None:
                     "latest checkpoint.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--recipe", default="text_to_image_demo", choices=sorted(RECIPES))
-    parser.add_argument("--config", help="YAML with TrainConfig keys, applied over the recipe")
-    parser.add_argument("--data", help="prepared shards (the --out of 'codiray prepare'); sets data.path")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--recipe", default="text_to_image_demo", choices=sorted(RECIPES), help="one stage")
+    what.add_argument("--schedule", choices=sorted(SCHEDULES),
+                      help="a DAG of stages run concurrently where independent (schedule.json under "
+                           "<storage_path>/<name>; overrides 'key=value' for all stages, 'STAGE:key=value' for one)")
+    parser.add_argument("--config", help="YAML with TrainConfig keys, applied over the recipe (every stage's)")
+    parser.add_argument("--data", action="append", default=[], metavar="SHARDS | STYLE=URI",
+                        help="prepared shards (the --out of 'codiray prepare'): a path for --recipe (sets "
+                             "data.path); STYLE=URI, repeatable, for --schedule (e.g. laion=s3://b/laion)")
     parser.add_argument("--name", help="run name (sets name)")
     parser.add_argument("--storage-path", help="where checkpoints go, local or s3:// (sets storage_path)")
     parser.set_defaults(func=run, accepts_overrides=True)
@@ -38,14 +46,21 @@ def resolve_train_config(args) -> TrainConfig:
         cfg = replace(cfg, name=args.name)
     if args.storage_path:
         cfg = replace(cfg, storage_path=args.storage_path)
+    if len(args.data) > 1:
+        raise UsageError(f"--recipe trains one stage on one shard set; got --data {len(args.data)} times "
+                         "(several STYLE=URI sets are for --schedule)")
     if args.data:
-        cfg = replace(cfg, data=replace(cfg.data, path=args.data))
+        cfg = replace(cfg, data=replace(cfg.data, path=args.data[0]))
     if not cfg.data.path:
         raise UsageError("no training data: pass --data SHARDS or set data.path")
     return cfg
 
 
 def run(args) -> int:
+    if args.schedule:
+        from training.orchestrator import schedule_command
+
+        return schedule_command(args)
     from training.launch import run_dir, train
 
     cfg = resolve_train_config(args)
