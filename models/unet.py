@@ -41,7 +41,11 @@ def group_norm(channels: int) -> nn.GroupNorm:
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, as in DDPM / Transformer."""
+    """Sinusoidal embedding of (possibly fractional) timesteps, as in DDPM / Transformer.
+
+    Built for t on the scale of discrete indices (0..~1000): map a continuous t ∈ [0, 1] with
+    ``models.diffusion.config.conditioning_time`` first, or the embedding barely changes with t.
+    """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None]
