@@ -16,11 +16,11 @@ from .guidance import (DynamicThreshold, Guidance, classifier_free_guidance, con
                        oscillating_guidance_weights, resolve_clip, scale_from_imagen_weight, static_clip,
                        threshold)
 from .losses import diffusion_loss, min_snr_weight, mse_per_sample, snr
-from .mt_diffusion import (MTDiffusion, mt_aggregate, mt_alpha_tilde, mt_default_weights, mt_diffusion_loss,
-                           mt_diffusion_sample, mt_forward_step, mt_consistent_start, mt_posterior_mean, mt_posterior_mean_from_eps,
-                           mt_q_sample)
-from .noise_priors import (combine_base_residual, iid_noise, pyoco_mixed_noise, pyoco_progressive_noise,
-                           remove_base_noise, videofusion_denoiser, videofusion_eps, videofusion_key_frame,
+from .mt_diffusion import (MTDiffusion, head_estimate, mt_aggregate, mt_alpha_tilde, mt_consistent_start,
+                           mt_default_weights, mt_diffusion_loss, mt_diffusion_sample, mt_forward_step,
+                           mt_posterior_mean, mt_posterior_mean_from_eps, mt_q_sample)
+from .noise_priors import (combine_base_residual, frame_indices, iid_noise, pyoco_mixed_noise,
+                           pyoco_progressive_noise, remove_base_noise, videofusion_denoiser, videofusion_eps, videofusion_key_frame,
                            videofusion_lambdas, videofusion_loss, videofusion_noise)
 from .parameterization import (PREDICTIONS, Prediction, convert_prediction, eps_from_v, eps_from_x0,
                                from_x0_eps, to_x0_eps, v_from_x0_eps, x0_from_eps, x0_from_v)
