@@ -16,7 +16,7 @@ from torch import nn
 
 from common.config import from_dict, to_dict
 from common.errors import UsageError
-from models.diffusion.config import DiffusionConfig
+from models.diffusion.config import DiffusionConfig, conditioning_time
 from models.text_encoder import CLIPTextEncoder, TextEncoderConfig
 from models.unet import UNet, UNetConfig
 
@@ -56,7 +56,8 @@ class TextToImageDiffuser(nn.Module):
         return self.text_encoder(tokens)
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.unet(z_t, t, context)
+        """``t`` is the schedule's timestep (index, or continuous t ∈ [0, 1]); the UNet sees ``conditioning_time``."""
+        return self.unet(z_t, conditioning_time(self.cfg.diffusion, t), context)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Weights as safetensors + the config as JSON (diffusers-style, loadable without the run)."""

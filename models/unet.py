@@ -41,7 +41,11 @@ def group_norm(channels: int) -> nn.GroupNorm:
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, as in DDPM / Transformer."""
+    """Sinusoidal embedding of (possibly fractional) timesteps, as in DDPM / Transformer.
+
+    Built for t on the scale of discrete indices (0..~1000): map a continuous t ∈ [0, 1] with
+    ``models.diffusion.config.conditioning_time`` first, or the embedding barely changes with t.
+    """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None]
@@ -49,10 +53,18 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class ResBlock(nn.Module):
+    """Conv block conditioned on the timestep embedding by scale and shift after the norm (ADM's AdaGN).
+
+    An additive per-channel embedding *before* a GroupNorm whose groups hold one channel (this
+    UNet's narrow widths: 16 or 32 channels → 16 or 32 groups) is removed by the norm's mean
+    subtraction, so the network would never see t; h = norm(h)·(1 + s) + b keeps it whatever the
+    group size (Dhariwal & Nichol 2021, "use_scale_shift_norm").
+    """
+
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
         super().__init__()
         self.norm1, self.conv1 = group_norm(in_ch), nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, out_ch)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)
         self.norm2, self.conv2 = group_norm(out_ch), nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.dropout = nn.Dropout(dropout)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -61,8 +73,9 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + rearrange(self.emb(F.silu(emb)), "b c -> b c 1 1")
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        scale, shift = rearrange(self.emb(F.silu(emb)), "b (two c) -> two b c 1 1", two=2)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 

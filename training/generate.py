@@ -4,7 +4,8 @@
 
 ``--checkpoint`` is a checkpoint folder (holding model.safetensors) or a run folder, in which case
 the checkpoint with the highest step is used. Sampling is DDIM (CoDi: 50 steps, η = 1) with
-classifier-free guidance, both from the shared diffusion core.
+classifier-free guidance, both from the shared diffusion core; ``sample_x0`` is the whole sampling
+path and takes any model with the UNet's call signature ``model(z_t, t, context)``.
 """
 
 from __future__ import annotations
@@ -14,20 +15,25 @@ import json
 import re
 import tempfile
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from common.config import to_dict
 from common.errors import UsageError
-from models.diffusion.config import build_schedule, noise_fn, sample_noise
-from models.diffusion.guidance import guided_denoiser
+from models.diffusion.config import (DiffusionConfig, SamplingConfig, build_schedule, noise_fn, resolve_x0_clip,
+                                     sample_noise)
+from models.diffusion.guidance import Guidance, guided_denoiser
 from models.diffusion.samplers import ddim_sample
 from models.diffusion.schedules import sampling_timesteps
 from models.text_to_image import CONFIG_NAME, WEIGHTS_NAME, TextToImageDiffuser
 from common import storage
 from training.loop import STATE_NAME
 from training.step import x0_to_images
+
+Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -65,22 +71,53 @@ def local_copy(uri: str, tmp: str) -> Path:
 
 
 @torch.no_grad()
-def generate_images(model: TextToImageDiffuser, prompts: list[str], steps: int = 50, eta: float = 1.0,
-                    guidance_scale: float = 3.0, seed: int = 0, spacing: str = "trailing") -> np.ndarray:
-    """uint8 ``b h w 3`` images for ``prompts`` (guidance in CoDi's scale convention s·c + (1−s)·u)."""
+def sample_x0(model: Model, context: torch.Tensor, uncond_context: torch.Tensor, shape: Sequence[int],
+              diffusion: DiffusionConfig, sampling: SamplingConfig) -> torch.Tensor:
+    """x̂_0 of shape ``shape`` by guided DDIM — what `codiray generate` runs, for any ``model(z_t, t, context)``.
+
+    ``t`` reaches the model as the schedule's timestep; the prediction type (ε / x₀ / v), schedule,
+    noise prior and data space come from ``diffusion``, the sampler settings from ``sampling``.
+    x_T is the first draw of a generator seeded with ``sampling.seed``, on the context's device.
+    """
+    device = context.device
+    schedule = build_schedule(diffusion)
+    timesteps = sampling_timesteps(schedule, sampling.steps, sampling.spacing)
+    generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    x_T = sample_noise(diffusion, shape, generator=generator, device=device)
+    return ddim_sample(guided_denoiser(model, context, uncond_context), x_T, schedule, timesteps, eta=sampling.eta,
+                       prediction=diffusion.prediction, generator=generator,
+                       clip_x0=resolve_x0_clip(diffusion, sampling.clip_x0), noise_fn=noise_fn(diffusion),
+                       guidance_weights=sampling.guidance.imagen_weights(len(timesteps)))
+
+
+def sample_images(model: TextToImageDiffuser, prompts: list[str], sampling: SamplingConfig) -> np.ndarray:
+    """uint8 ``b h w 3`` images for ``prompts`` (the empty prompt is the unconditional branch)."""
     model.eval()
     cfg = model.cfg
-    device = next(model.unet.parameters()).device
-    schedule = build_schedule(cfg.diffusion)
-    generator = torch.Generator(device=device).manual_seed(seed)
     shape = (len(prompts), cfg.unet.in_channels, cfg.image_size, cfg.image_size)
-    x_T = sample_noise(cfg.diffusion, shape, generator=generator, device=device)
-    denoiser = guided_denoiser(model, model.encode_text(prompts), model.encode_text([""]),
-                               weight=guidance_scale, convention="scale")
-    x0 = ddim_sample(denoiser, x_T, schedule, sampling_timesteps(schedule, steps, spacing), eta=eta,
-                     prediction=cfg.diffusion.prediction, generator=generator, clip_x0="static",
-                     noise_fn=noise_fn(cfg.diffusion))
-    return x0_to_images(x0)
+    with torch.no_grad():
+        context, uncond = model.encode_text(prompts), model.encode_text([""])
+    return x0_to_images(sample_x0(model, context, uncond, shape, cfg.diffusion, sampling))
+
+
+def generate_images(model: TextToImageDiffuser, prompts: list[str], steps: int = 50, eta: float = 1.0,
+                    guidance_scale: float = 3.0, seed: int = 0, spacing: str = "trailing") -> np.ndarray:
+    """``sample_images`` with constant guidance given as CoDi's scale s (s·c + (1−s)·u)."""
+    sampling = SamplingConfig(steps=steps, eta=eta, spacing=spacing, guidance=Guidance(guidance_scale, "scale"),
+                              seed=seed)
+    return sample_images(model, prompts, sampling)
+
+
+def sampling_record(diffusion: DiffusionConfig, sampling: SamplingConfig) -> dict:
+    """What a sample was drawn with: the settings as given plus what they resolve to (timesteps, Imagen w per step)."""
+    timesteps = sampling_timesteps(build_schedule(diffusion), sampling.steps, sampling.spacing)
+    clip = resolve_x0_clip(diffusion, sampling.clip_x0)
+    return {"sampler": "ddim", **to_dict(sampling),
+            "resolved": {"timesteps": [float(t) if isinstance(t, float) else int(t) for t in timesteps],
+                         "imagen_guidance_weights": sampling.guidance.imagen_weights(len(timesteps)),
+                         "clip_x0": "none" if clip is None else clip if isinstance(clip, str) else "dynamic",
+                         "prediction": diffusion.prediction, "schedule": diffusion.schedule,
+                         "noise_prior": diffusion.noise_prior, "data_space": diffusion.data_space}}
 
 
 def slug(text: str) -> str:
@@ -119,7 +156,18 @@ def register(subparsers) -> None:
     parser.add_argument("--num-per-prompt", type=int, default=1)
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps (CoDi: 50)")
     parser.add_argument("--eta", type=float, default=1.0, help="DDIM η (CoDi: 1.0)")
-    parser.add_argument("--guidance-scale", type=float, default=3.0, help="s in s·cond + (1−s)·uncond")
+    strength = parser.add_mutually_exclusive_group()
+    strength.add_argument("--guidance-scale", type=float, default=None,
+                          help="CoDi / SD scale s in s·cond + (1−s)·uncond (s = 1: unguided) [default: 3.0]")
+    strength.add_argument("--guidance-weight", type=float, default=None,
+                          help="Imagen Video's w in (1+w)·cond − w·uncond (w = 0: unguided; w = s − 1)")
+    parser.add_argument("--guidance-low", type=float, default=None,
+                        help="oscillating guidance (Imagen Video §2.6.2): alternate the high weight above with "
+                             "this low one, in the same convention (Imagen: --guidance-weight 15 --guidance-low 1)")
+    parser.add_argument("--guidance-constant-steps", type=int, default=None,
+                        help="oscillating guidance: leading steps held at the high weight [default: ⌈steps/4⌉]")
+    parser.add_argument("--clip-x0", choices=("auto", "none", "static", "dynamic"), default="auto",
+                        help="x̂ clipping: auto = static for pixel models, none for latent ones")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spacing", choices=("trailing", "leading"), default="trailing",
                         help="DDIM timestep spacing: trailing starts at the noisiest step (right for few "
@@ -129,23 +177,41 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def sampling_from_args(args) -> SamplingConfig:
+    """The CLI flags as a ``SamplingConfig``; bad combinations are one UsageError."""
+    if args.guidance_weight is not None:
+        weight, convention = args.guidance_weight, "imagen"
+    else:
+        weight, convention = (3.0 if args.guidance_scale is None else args.guidance_scale), "scale"
+    try:
+        guidance = Guidance(weight, convention, low=args.guidance_low, num_constant_steps=args.guidance_constant_steps)
+        return SamplingConfig(steps=args.steps, eta=args.eta, spacing=args.spacing, guidance=guidance,
+                              clip_x0=args.clip_x0, seed=args.seed)
+    except ValueError as err:
+        raise UsageError(f"generate: {err}") from None
+
+
 def run(args) -> int:
-    if args.steps < 1 or args.num_per_prompt < 1:
-        raise UsageError("--steps and --num-per-prompt must be >= 1")
+    if args.num_per_prompt < 1:
+        raise UsageError("--num-per-prompt must be >= 1")
+    sampling = sampling_from_args(args)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = find_checkpoint(local_copy(args.checkpoint, tmp))
         model = TextToImageDiffuser.from_pretrained(checkpoint)
+    try:
+        record = sampling_record(model.cfg.diffusion, sampling)
+    except ValueError as err:
+        raise UsageError(f"generate: {err}") from None
     try:
         model = model.to(args.device)
     except (RuntimeError, AssertionError) as err:
         raise UsageError(f"--device {args.device}: {str(err).splitlines()[0]}") from None
     prompts = [p for p in args.prompt for _ in range(args.num_per_prompt)]
-    images = generate_images(model, prompts, args.steps, args.eta, args.guidance_scale, args.seed, args.spacing)
+    images = sample_images(model, prompts, sampling)
     paths = write_samples(images, prompts, Path(args.out))
     grid = save_grid(images, Path(args.out) / "grid.png")
     settings = {"checkpoint": str(args.checkpoint), "resolved_checkpoint": str(checkpoint), "prompts": prompts,
-                "steps": args.steps, "eta": args.eta, "guidance_scale": args.guidance_scale, "seed": args.seed,
-                "sampler": "ddim", "spacing": args.spacing, "guidance_convention": "scale"}
+                **record}
     (Path(args.out) / "generation.json").write_text(json.dumps(settings, indent=2))
     print(f"wrote {len(paths)} images ({images.shape[2]}x{images.shape[1]}) from {checkpoint} to {args.out} "
           f"(grid: {grid})")

@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from .guidance import GuidanceConvention, classifier_free_guidance
+from .guidance import classifier_free_guidance
 from .losses import diffusion_loss, mse_per_sample
 from .parameterization import Prediction, eps_from_x0, to_x0_eps
 from .process import Coeff, expand_like
@@ -72,10 +72,9 @@ def sample_guidance_weights(batch_size: int, w_min: float = 0.0, w_max: float = 
 
 @torch.no_grad()
 def guidance_distillation_target(teacher: Callable[[Tensor, Tensor, Any], Tensor], z_t: Tensor, t: Tensor,
-                                 cond: Any, uncond: Any, weight: Coeff,
-                                 convention: GuidanceConvention = "imagen") -> Tensor:
-    """The teacher's guided output (1 + w)·c − w·u from one batched pass — Imagen Video §2.7, stage one."""
-    return classifier_free_guidance(teacher, z_t, t, cond, uncond, weight, convention)
+                                 cond: Any, uncond: Any, weight: Coeff) -> Tensor:
+    """The teacher's guided output (1 + w)·c − w·u (Imagen's w) from one batched pass — Imagen Video §2.7, stage one."""
+    return classifier_free_guidance(teacher, z_t, t, cond, uncond, weight)
 
 
 def guidance_distillation_loss(student_output: Tensor, target: Tensor) -> Tensor:

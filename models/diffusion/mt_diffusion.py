@@ -9,8 +9,11 @@ mean of every forward transition (Eq. 3, in the re-written form below it):
 0-based code index t = 0..T−1 (the paper's t − 1); the transition *into* index t uses w_t and α_t,
 and index −1 is z_0. The default weight w_t = t/(T − t) (App. E: "t/(1000 − t)") is evaluated at
 the 0-based index, which keeps it finite (the paper's 1-based t = 1000 would divide by zero). It
-grows to T − 1, so α̃ gets large (≈ 5·10³ at t = 999 on the SD schedule): z_T is then far from
-N(0, I) unless E(x) is small, although Algorithm 1 starts from z_T ~ N(0, I).
+grows to T − 1, so α̃ gets large (≈ 5·10³ at t = 999 on the SD schedule): the forward marginal
+at T is N(√ᾱ_T z_0 + Σ α̃_T E_i(x_i), (1 − ᾱ_T) I), far from N(0, I) unless E(x) is small, although
+Algorithm 1 starts from z_T ~ N(0, I). ``mt_diffusion_sample`` keeps the paper's start by default
+and offers ``start="consistent"``: z_T ~ N(Σ α̃_T E_i(x_i), (1 − ᾱ_T) I), the marginal without the
+(unknown, and ×√ᾱ_T small) z_0 term.
 """
 
 from dataclasses import dataclass, field
@@ -60,6 +63,15 @@ def mt_q_sample(z0: Tensor, embeddings: Sequence[Tensor], eps: Tensor, alpha_bar
     """z_t = √ᾱ_t z_0 + Σ_i α̃_t⁽ⁱ⁾ E_i(x_i) + √(1 − ᾱ_t) ε ~ q(z_t | z_0, X) — MT-Diffusion Theorem 2, Eq. 4."""
     return (expand_like(alpha_bar.sqrt(), z0) * z0 + mt_aggregate(alpha_tilde_t, embeddings)
             + expand_like((1 - alpha_bar).sqrt(), eps) * eps)
+
+
+def mt_consistent_start(noise: Tensor, embeddings: Sequence[Tensor], alpha_bar_T: Tensor,
+                        alpha_tilde_T: Tensor) -> Tensor:
+    """z_T = Σ_i α̃⁽ⁱ⁾_T E_i(x_i) + √(1 − ᾱ_T) ξ ~ N(Σ α̃_T E, (1 − ᾱ_T) I): Theorem 2's marginal at T without z_0.
+
+    ``noise`` is the ξ ~ N(0, I) that Algorithm 1 would use as z_T directly.
+    """
+    return mt_aggregate(alpha_tilde_T, embeddings) + expand_like((1 - alpha_bar_T).sqrt(), noise) * noise
 
 
 def mt_posterior_mean(z_t: Tensor, z0: Tensor, embeddings: Sequence[Tensor], step_alpha: Tensor,
@@ -160,25 +172,48 @@ def mt_diffusion_loss(eps_pred: Tensor, eps: Tensor, head_outputs: Sequence[Tens
     return loss
 
 
+def head_estimate(head_output: Tensor, kind: HeadKind) -> Tensor:
+    """The data estimate x̂_i a head's output stands for: class probabilities softmax(logits) for a label head.
+
+    E_i maps data (one-hot / soft labels) into the diffusion space, so a label head's logits must be
+    turned into a distribution before they are fed back into E_i (MT-Diffusion §2.2.3, Alg. 1 line 10).
+    """
+    if kind == "label":
+        return torch.softmax(head_output, dim=-1)
+    if kind == "continuous":
+        return head_output
+    raise ValueError(f"unknown head kind {kind!r}")
+
+
 @torch.no_grad()
 def mt_diffusion_sample(model: Callable[[Tensor, Tensor], Tuple[Tensor, Sequence[Tensor]]], z_T: Tensor,
                         process: MTDiffusion, xs: Sequence[Tensor], known: Sequence[bool],
-                        encoders: Sequence[Callable[[Tensor], Tensor]],
-                        generator: Optional[torch.Generator] = None,
-                        noise_fn: NoiseFn = iid_noise) -> Tuple[Tensor, List[Tensor]]:
+                        encoders: Sequence[Callable[[Tensor], Tensor]], head_kinds: Sequence[HeadKind],
+                        generator: Optional[torch.Generator] = None, noise_fn: NoiseFn = iid_noise,
+                        start: Literal["paper", "consistent"] = "paper") -> Tuple[Tensor, List[Tensor]]:
     """Generate z_0 and every missing modality, re-estimating missing x_i from the heads each step — MT-Diffusion Algorithm 1.
 
-    ``model(z_t, t) -> (ε̂, [x̂_i])``; ``encoders[i]`` is E_i; ``xs[i]`` is the known data or a
-    tensor of the right shape (its values are replaced by random ones when ``known[i]`` is False).
+    ``model(z_t, t) -> (ε̂, [head output_i])``; ``encoders[i]`` is E_i; ``head_kinds[i]`` says whether
+    head i gives logits (``"label"``: fed back as softmax probabilities) or data (``"continuous"``).
+    ``xs[i]`` is the known data or a tensor of the right shape (replaced by a random initial guess —
+    a random distribution for label modalities — when ``known[i]`` is False). ``z_T`` ~ N(0, I) is
+    Algorithm 1's start (``start="paper"``); ``start="consistent"`` maps it to
+    ``mt_consistent_start`` with the initial x_i.
     """
-    xs = [x if k else torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-          for x, k in zip(xs, known)]
+    if start not in ("paper", "consistent"):
+        raise ValueError(f"start must be 'paper' or 'consistent', got {start!r}")
+    xs = [x if k else head_estimate(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), kind)
+          for x, k, kind in zip(xs, known, head_kinds)]
     z = z_T
+    if start == "consistent":
+        last = torch.full((z.shape[0],), process.schedule.num_timesteps - 1, dtype=torch.long, device=z.device)
+        z = mt_consistent_start(z_T, [encode(x) for encode, x in zip(encoders, xs)],
+                                process.schedule.alpha_bar(last), process.alpha_tilde_at(last))
     for step in range(process.schedule.num_timesteps - 1, -1, -1):
         t = torch.full((z.shape[0],), step, dtype=torch.long, device=z.device)
         embeddings = [encode(x) for encode, x in zip(encoders, xs)]  # line 7: e_i = E(x_i), before the update
-        eps, x_hats = model(z, t)
-        xs = [x if k else x_hat for x, k, x_hat in zip(xs, known, x_hats)]
+        eps, head_outputs = model(z, t)
+        xs = [x if k else head_estimate(out, kind) for x, k, out, kind in zip(xs, known, head_outputs, head_kinds)]
         z_prev = process.posterior_mean_from_eps(z, eps, embeddings, t)
         if step > 0:
             noise = noise_fn(z.shape, generator=generator, device=z.device, dtype=z.dtype)

@@ -1,6 +1,8 @@
 """Video noise priors: i.i.d., PYoCo mixed / progressive (Ge et al. 2023), VideoFusion decomposed (Luo et al. 2023).
 
-Every prior has unit marginal variance per element, so it is a drop-in replacement for ε ~ N(0, I)
+Every prior is one video's: in joint image–video training (Imagen Video §2.3) the images appended on
+the frame axis get i.i.d. noise (``config.sample_noise(..., video_frames=n)``). Every prior has unit
+marginal variance per element, so it is a drop-in replacement for ε ~ N(0, I)
 in q_sample, in the training target, for x_T and for every ancestral step of a sampler (pass the prior
 as the sampler's ``noise_fn``): training and sampling must use the same prior. Noise is correlated
 only along ``frame_dim`` (``b c f h w`` → 2); all other elements stay independent.
@@ -115,29 +117,36 @@ def combine_base_residual(base_eps: Tensor, residual_eps: Tensor, lam: float = 0
     return lambdas.sqrt() * base_eps.unsqueeze(frame_dim) + (1 - lambdas).sqrt() * residual_eps
 
 
+def frame_indices(z_t: Tensor, frame_dim: int = 2) -> Tensor:
+    """The 0-based frame index i of every frame, shaped ``(f,)`` — the i of VideoFusion's z_ψ(·, t, i)."""
+    return torch.arange(z_t.shape[frame_dim], device=z_t.device)
+
+
 def videofusion_eps(base_generator: Callable[[Tensor, Tensor], Tensor],
-                    residual_generator: Callable[[Tensor, Tensor], Tensor], z_t: Tensor, t: Tensor,
+                    residual_generator: Callable[[Tensor, Tensor, Tensor], Tensor], z_t: Tensor, t: Tensor,
                     sigma: Tensor, lam: float = 0.5, frame_dim: int = 2, stop_base_gradient: bool = False):
     """(ε̂, b̂): base generator on the key frame, base removed (Eq. 12), residual generator, Eq. 13 — VideoFusion §3.3.
 
     ``base_generator(z_key, t)`` is an image ε-model on the key frame (frame axis removed);
-    ``residual_generator(z, t)`` sees the whole base-removed video and must tell frames apart by
-    position (VideoFusion conditions it on the frame index i). ``stop_base_gradient`` applies
-    Eq. 14's [·]_sg to b̂ wherever it enters a non-key frame.
+    ``residual_generator(z, t, i)`` is z_ψ(z^i_t − √λ^i σ_t b̂, t, i): it sees the whole base-removed
+    video and the ``(f,)`` frame indices i along ``frame_dim`` (VideoFusion §3.3, Eq. 13: "the residual
+    generator is conditioned on the frame number i"). ``stop_base_gradient`` applies Eq. 14's [·]_sg to b̂
+    wherever it enters a non-key frame.
     """
     key = videofusion_key_frame(z_t.shape[frame_dim])
     base_eps = base_generator(z_t.select(frame_dim, key), t)
     base_for_others = base_eps.detach() if stop_base_gradient else base_eps
-    residual_eps = residual_generator(remove_base_noise(z_t, base_for_others, sigma, lam, frame_dim), t)
+    residual_eps = residual_generator(remove_base_noise(z_t, base_for_others, sigma, lam, frame_dim), t,
+                                      frame_indices(z_t, frame_dim))
     eps = combine_base_residual(base_for_others, residual_eps, lam, frame_dim)
     # The key frame's ε̂ is b̂ itself and must keep its gradient (Eq. 14, first case).
-    index = _along_frames(torch.arange(eps.shape[frame_dim], device=eps.device), eps.ndim, frame_dim)
+    index = _along_frames(frame_indices(eps, frame_dim), eps.ndim, frame_dim)
     eps = torch.where(index == key, base_eps.unsqueeze(frame_dim).to(eps.dtype), eps)
     return eps, base_eps
 
 
 def videofusion_denoiser(base_generator: Callable[[Tensor, Tensor], Tensor],
-                         residual_generator: Callable[[Tensor, Tensor], Tensor], schedule,
+                         residual_generator: Callable[[Tensor, Tensor, Tensor], Tensor], schedule,
                          lam: float = 0.5, frame_dim: int = 2) -> Callable[[Tensor, Tensor], Tensor]:
     """An ε-prediction ``denoiser(z_t, t)`` for the samplers — VideoFusion Algorithm 1 / Fig. 4 (Eq. 12–13).
 
@@ -152,7 +161,7 @@ def videofusion_denoiser(base_generator: Callable[[Tensor, Tensor], Tensor],
 
 
 def videofusion_loss(base_generator: Callable[[Tensor, Tensor], Tensor],
-                     residual_generator: Callable[[Tensor, Tensor], Tensor], z_t: Tensor, t: Tensor,
+                     residual_generator: Callable[[Tensor, Tensor, Tensor], Tensor], z_t: Tensor, t: Tensor,
                      eps: Tensor, sigma: Tensor, lam: float = 0.5, frame_dim: int = 2) -> Tensor:
     """Per-sample ‖ε^i − ε̂^i‖² over all frames, b̂ stop-gradiented on non-key frames — VideoFusion Eq. 14.
 

@@ -5,8 +5,8 @@ parameterization, where ``t`` is a ``(b,)`` tensor (long for discrete schedules,
 the continuous one), the noisy start ``x_T`` and a descending list of timesteps. After the last
 listed timestep the chain jumps to clean data (α = 1, σ = 0), so the result is that step's x̂.
 
-With ``guidance_weights`` (one per step, e.g. ``oscillating_guidance_weights``) the sampler calls
-``denoiser(z_t, t, w)`` instead — the signature of ``guided_denoiser``. ``noise_fn`` draws each
+With ``guidance_weights`` (one Imagen w per step, e.g. ``Guidance.imagen_weights(n)``) the sampler
+calls ``denoiser(z_t, t, w)`` instead — the signature of ``guided_denoiser``. ``noise_fn`` draws each
 step's fresh noise (default i.i.d.); pass the stage's video prior so sampling matches training.
 """
 

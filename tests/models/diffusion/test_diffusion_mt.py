@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.diffusion import (DiscreteSchedule, MTDiffusion, mt_alpha_tilde, mt_default_weights,
-                              mt_diffusion_loss, mt_diffusion_sample, scaled_linear_betas)
+from models.diffusion import (DiscreteSchedule, MTDiffusion, mt_alpha_tilde, mt_consistent_start,
+                              mt_default_weights, mt_diffusion_loss, mt_diffusion_sample, scaled_linear_betas)
 
 T = 50
 SCHEDULE = DiscreteSchedule(scaled_linear_betas(T, 0.00085, 0.2))  # short chain, ᾱ_T ≈ 0.01
@@ -139,7 +139,7 @@ def test_algorithm1_with_oracle_returns_z0_and_fills_missing_modality():
 
     z_T = torch.randn(3, 5, generator=g, dtype=torch.float64)
     z, xs = mt_diffusion_sample(model, z_T, proc, [x_known, torch.zeros(3, 5, dtype=torch.float64)], [True, False],
-                                encoders, generator=g)
+                                encoders, ["continuous", "continuous"], generator=g)
     assert torch.allclose(z, z0, atol=1e-8)
     assert torch.equal(xs[0], x_known) and torch.equal(xs[1], x_missing)
 
@@ -147,3 +147,72 @@ def test_algorithm1_with_oracle_returns_z0_and_fills_missing_modality():
 def test_mt_process_validates_weight_shape():
     with pytest.raises(ValueError):
         MTDiffusion(SCHEDULE, torch.zeros(2, T + 1))
+
+
+def _gaussian_oracle(proc, embedding):
+    """Exact E[ε | z_t] for z_0 ~ N(0, I): z_t ~ N(α̃_t E, I), so ε̂ = √(1 − ᾱ_t)(z_t − α̃_t E) (Theorem 2)."""
+
+    def model(z_t, t):
+        abar = proc.schedule.alpha_bar(t).view(-1, 1)
+        mean = proc.alpha_tilde_at(t)[0].view(-1, 1) * embedding
+        return (1 - abar).sqrt() * (z_t - mean), [torch.zeros_like(z_t)]
+
+    return model
+
+
+def test_consistent_start_removes_the_paper_starts_offset():
+    """Paper's w_t = t/(T − t) on CoDi's 1000-step schedule: α̃_T ≈ 5e3, so Alg. 1's N(0, I) start is far off.
+
+    With the exact denoiser for z_0 ~ N(0, I), each step maps the offset d_t = E[z_t] − α̃_t E to
+    √α_t d_t, so the paper's start ends at E[z_0] = −α̃_T √ᾱ_T E (≈ −340 E here); the consistent
+    start N(α̃_T E, (1 − ᾱ_T) I) ends at E[z_0] = 0, the data mean.
+    """
+    schedule = DiscreteSchedule(scaled_linear_betas(1000, 0.00085, 0.012))
+    proc = MTDiffusion.with_default_weights(schedule, num_modalities=1)
+    alpha_tilde_T = proc.alpha_tilde[0, -1].item()
+    assert 4e3 < alpha_tilde_T < 6e3  # the "≈ 5000·E(x)" of the forward marginal at T
+    n, d = 250, 32  # 8000 samples; few rows keep the per-sample coefficient tables small
+    x = torch.full((n, d), 0.01, dtype=torch.float64)  # the known modality; E = identity
+    model, encoders = _gaussian_oracle(proc, x), [lambda v: v]
+    results = {}
+    for start in ("paper", "consistent"):
+        z_T = torch.randn(n, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        z0, _ = mt_diffusion_sample(model, z_T, proc, [x], [True], encoders, ["continuous"],
+                                    generator=torch.Generator().manual_seed(1), start=start)
+        results[start] = z0.mean().item()
+    offset = -alpha_tilde_T * schedule.alpha(999).item() * 0.01
+    se = 5 / math.sqrt(n * d)  # 5 SE of a mean of ≈ unit-variance samples
+    assert offset < -2.5
+    assert results["paper"] == pytest.approx(offset, abs=se)
+    assert results["consistent"] == pytest.approx(0.0, abs=se)
+    # The consistent start is Theorem 2's marginal at T without the z_0 term.
+    noise = torch.randn(3, d, dtype=torch.float64)
+    last = torch.full((3,), 999)
+    start = mt_consistent_start(noise, [x[:3]], schedule.alpha_bar(last), proc.alpha_tilde_at(last))
+    assert torch.allclose(start, proc.q_sample(torch.zeros(3, d, dtype=torch.float64), [x[:3]], noise, last))
+    with pytest.raises(ValueError):
+        mt_diffusion_sample(model, z_T, proc, [x], [True], encoders, ["continuous"], start="zero")
+
+
+def test_label_head_logits_are_fed_back_as_probabilities():
+    """A label head outputs logits; E_i embeds label distributions, so Alg. 1 must feed softmax(logits) back."""
+    proc = _process()
+    logits = torch.tensor([[2.0, 0.0, -1.0]], dtype=torch.float64).expand(2, 3)
+    seen = []
+
+    def encoder(p):
+        seen.append(p.clone())
+        return torch.zeros(2, 6, dtype=torch.float64) + p.sum(-1, keepdim=True)
+
+    def model(z_t, t):
+        return torch.zeros_like(z_t), [torch.zeros(2, 6, dtype=torch.float64), logits]
+
+    z_T = torch.randn(2, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _, xs = mt_diffusion_sample(model, z_T, proc, [torch.zeros(2, 6, dtype=torch.float64),
+                                                   torch.zeros(2, 3, dtype=torch.float64)],
+                                [True, False], [lambda v: v, encoder], ["continuous", "label"])
+    probs = torch.softmax(logits, -1)
+    assert torch.allclose(xs[1], probs)
+    for p in seen:  # the random initial guess and every later estimate are distributions
+        assert bool((p >= 0).all()) and torch.allclose(p.sum(-1), torch.ones(2, dtype=torch.float64))
+    assert all(torch.allclose(p, probs) for p in seen[1:])

@@ -95,8 +95,8 @@ def test_videofusion_step_with_oracle_generators_recovers_the_noise():
     def base_generator(z_key, tt):
         return (z_key - a[:, :, 0] * x0[:, :, key]) / s[:, :, 0]
 
-    def residual_generator(z, tt):
-        seen["z"] = z
+    def residual_generator(z, tt, i):
+        seen["z"], seen["i"] = z, i
         return (z - a * x0) / (s * (1 - lambdas).clamp(min=1e-12).sqrt())
 
     eps_hat, base_hat = videofusion_eps(base_generator, residual_generator, z_t, t, sigma, lam)
@@ -106,6 +106,7 @@ def test_videofusion_step_with_oracle_generators_recovers_the_noise():
     expected_input = a * x0 + s * (1 - lambdas).sqrt() * residual
     assert torch.allclose(seen["z"][:, :, others], expected_input[:, :, others], atol=1e-10)
     assert torch.allclose(seen["z"][:, :, key], z_t[:, :, key])
+    assert torch.equal(seen["i"], torch.arange(f))  # z_ψ(z, t, i): the frame index reaches the residual generator
     assert torch.allclose(eps_hat, eps, atol=1e-10)
     assert torch.allclose(combine_base_residual(base[:, :, 0], residual, lam), eps, atol=1e-12)
     assert torch.allclose(remove_base_noise(z_t, base[:, :, 0], sigma, lam)[:, :, others],
@@ -127,7 +128,7 @@ def test_videofusion_ddpm_sampling_with_oracles_returns_x0():
         a, s = coeffs(tt)
         return (z_key - a[:, :, 0] * x0[:, :, key]) / s[:, :, 0]
 
-    def residual_generator(z, tt):
+    def residual_generator(z, tt, i):
         a, s = coeffs(tt)
         return (z - a * x0) / (s * (1 - lambdas).clamp(min=1e-12).sqrt().float())
 
@@ -155,7 +156,7 @@ def test_videofusion_loss_stops_base_gradient_on_non_key_frames():
     def base_generator(z_key, tt):
         return base_net(z_key)
 
-    def residual_generator(z, tt):
+    def residual_generator(z, tt, i):
         return residual_net(z)
 
     loss = videofusion_loss(base_generator, residual_generator, z_t, t, eps, sigma, lam)
@@ -177,3 +178,21 @@ def test_videofusion_loss_stops_base_gradient_on_non_key_frames():
         eps_hat = combine_base_residual(b_hat, residual_net(z_res), lam)
         manual = (eps_hat - eps).pow(2).flatten(1).mean(1)
     assert torch.allclose(loss.detach(), manual, atol=1e-6)
+
+
+def test_residual_generator_uses_the_frame_index_to_tell_frames_apart():
+    """VideoFusion §3.3: z_ψ(z^i, t, i) — identical inputs on two frames, different residuals via i."""
+    lam, f = 0.5, 4
+    key = videofusion_key_frame(f)
+    z_t = torch.zeros(1, 2, f, 3, 3)  # every frame identical: only i can make the residuals differ
+
+    def base_generator(z_key, tt):
+        return torch.zeros_like(z_key)
+
+    def residual_generator(z, tt, i):
+        return z + i.view(1, 1, -1, 1, 1).to(z.dtype)  # a per-frame offset from the index alone
+
+    eps, _ = videofusion_eps(base_generator, residual_generator, z_t, torch.tensor([10]), torch.tensor([0.5]), lam)
+    others = [i for i in range(f) if i != key]
+    expected = [math.sqrt(1 - lam) * i for i in others]
+    assert [eps[0, 0, i, 0, 0].item() for i in others] == pytest.approx(expected)
