@@ -163,7 +163,7 @@ def debug() -> CodecsConfig:
         text=OptimusConfig(
             bert=BertConfigLite(vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                 intermediate_size=64, max_position_embeddings=64),
-            gpt2=GPT2ConfigLite(vocab_size=260, n_embd=32, n_layer=2, n_head=2, n_positions=64),
+            gpt2=GPT2ConfigLite(vocab_size=640, n_embd=32, n_layer=2, n_head=2, n_positions=64),
             latent_size=16, max_length=30, max_input_tokens=64),
         clip=ClipConfig(text_hidden_size=32, text_layers=1, text_heads=2, text_intermediate_size=64,
                         vocab_size=600, max_position_embeddings=32, vision_hidden_size=32, vision_layers=1,

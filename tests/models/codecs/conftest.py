@@ -26,10 +26,26 @@ def byte_chars() -> list[str]:
     return [chr(c) for _, c in sorted(zip(bs, cs))]
 
 
+def word_bpe(alphabet: list[str], words) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte-level BPE whose merges spell out ``words`` (with and without GPT-2's leading-space mark Ġ):
+    one token per known word, bytes for anything else."""
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    merges = []
+    for word in words:
+        for form in ("\u0120" + word, word):
+            for end in range(2, len(form) + 1):
+                piece = form[:end]
+                if piece not in vocab:
+                    vocab[piece] = len(vocab)
+                    merges.append((form[: end - 1], form[end - 1]))
+    return vocab, merges
+
+
 def write_tokenizers(root) -> dict[str, str]:
     bert = BertTokenizer(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
                                                             *WORDS])}, do_lower_case=False)
-    gpt2 = GPT2Tokenizer(vocab={c: i for i, c in enumerate(byte_chars())}, merges=[])
+    gpt2_vocab, merges = word_bpe(byte_chars(), WORDS)
+    gpt2 = GPT2Tokenizer(vocab=gpt2_vocab, merges=merges)
     clip_vocab = {c: i for i, c in enumerate(byte_chars())}
     clip_vocab.update({c + "</w>": 256 + i for i, c in enumerate(byte_chars())})
     clip_vocab.update({"<|startoftext|>": 512, "<|endoftext|>": 513})
