@@ -70,3 +70,12 @@ def debug_cfg(tokenizer_dirs):
                                    decoder_tokenizer=tokenizer_dirs["gpt2"])
     cfg.clip = dataclasses.replace(cfg.clip, tokenizer=tokenizer_dirs["clip"])
     return cfg
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
