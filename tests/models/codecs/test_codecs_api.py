@@ -74,7 +74,7 @@ def test_trainable_flags_freeze_whole_pieces(debug_cfg):
     codecs = Codecs(cfg).train()
     assert all(p.requires_grad for p in codecs.image.parameters())
     assert all(p.requires_grad for p in codecs.text.parameters())
-    for frozen in (codecs.audio, codecs.clip, codecs.clap):
+    for frozen in (codecs.audio.vae, codecs.audio.vocoder, codecs.clip, codecs.clap):
         assert not any(p.requires_grad for p in frozen.parameters())
         assert not frozen.training                  # frozen pieces stay in eval mode (no dropout)
     assert codecs.text.training and codecs.image.training
