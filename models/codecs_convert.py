@@ -49,6 +49,7 @@ class Conversion:
     state: dict[str, torch.Tensor]
     derived_ok: list[str] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
+    origin: dict[str, str] = field(default_factory=dict)     # Codecs key -> checkpoint key
 
 
 def _sub(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -65,6 +66,12 @@ def _need(state: Mapping[str, torch.Tensor], key: str, where: str) -> torch.Tens
     if key not in state:
         raise ConversionError(f"{where}{key}: required tensor missing (cannot infer the architecture)")
     return state[key]
+
+
+def _heads(hidden: int, base_hidden: int, base_heads: int) -> int:
+    """Head counts are not in the shapes: ``base``'s count when its width matches, else width // 64
+    (every released model here uses 64-wide heads)."""
+    return base_heads if hidden == base_hidden else max(1, hidden // 64)
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int]:
@@ -187,26 +194,27 @@ def optimus_from_codi(enc: Mapping[str, torch.Tensor], dec: Mapping[str, torch.T
     hidden = int(word.shape[1])
     bert = BertConfigLite(
         vocab_size=int(word.shape[0]), hidden_size=hidden,
-        num_hidden_layers=_count(enc, r"encoder\.layer\.(\d+)\."), num_attention_heads=max(1, hidden // 64),
+        num_hidden_layers=_count(enc, r"encoder\.layer\.(\d+)\."),
+        num_attention_heads=_heads(hidden, base.bert.hidden_size, base.bert.num_attention_heads),
         intermediate_size=int(_need(enc, "encoder.layer.0.intermediate.dense.weight", "optimus.encoder.").shape[0]),
         max_position_embeddings=int(_need(enc, "embeddings.position_embeddings.weight", "optimus.encoder.").shape[0]))
     latent = int(_need(enc, "linear.weight", "optimus.encoder.").shape[0]) // 2
     wte = _need(dec, "transformer.wte.weight", "optimus.decoder.")
     n_embd = int(wte.shape[1])
     gpt2 = GPT2ConfigLite(vocab_size=int(wte.shape[0]), n_embd=n_embd, n_layer=_count(dec, r"transformer\.h\.(\d+)\."),
-                          n_head=max(1, n_embd // 64),
+                          n_head=_heads(n_embd, base.gpt2.n_embd, base.gpt2.n_head),
                           n_positions=int(_need(dec, "transformer.wpe.weight", "optimus.decoder.").shape[0]))
     cfg = dataclasses.replace(base, bert=bert, gpt2=gpt2, latent_size=latent)
     state, skip_enc, skip_dec = {}, set(), set()
+    origin = out.origin
     for k, v in enc.items():
         if k.endswith(("position_ids", "token_type_ids")):
             skip_enc.add(k)
             if k.endswith("position_ids"):
                 _compare(out, "optimus.encoder." + k, v, torch.arange(v.shape[-1]).expand_as(v))
-        elif k == "linear.weight":
-            state["text.encoder.linear.weight"] = v
         else:
-            state["text.encoder.bert." + k] = v
+            target = "text.encoder.linear.weight" if k == "linear.weight" else "text.encoder.bert." + k
+            state[target], origin[target] = v, "optimus.encoder." + k
     n_ctx = gpt2.n_positions
     for k, v in dec.items():
         if re.fullmatch(r"transformer\.h\.\d+\.attn\.(bias|masked_bias)", k):
@@ -217,10 +225,11 @@ def optimus_from_codi(enc: Mapping[str, torch.Tensor], dec: Mapping[str, torch.T
         elif k == "lm_head.weight":
             skip_dec.add(k)
             _compare(out, "optimus.decoder.lm_head.weight (tied to wte)", v, wte)
-        elif k in ("transformer.linear.weight", "transformer.linear_emb.weight"):
-            state["text.decoder." + k.split(".", 1)[1]] = v
         else:
-            state["text.decoder.gpt2." + k] = v
+            target = ("text.decoder." + k.split(".", 1)[1] if k in ("transformer.linear.weight",
+                                                                     "transformer.linear_emb.weight")
+                      else "text.decoder.gpt2." + k)
+            state[target], origin[target] = v, "optimus.decoder." + k
     _check_all_placed(enc, state, "optimus.encoder.", skip_enc)
     _check_all_placed(dec, state, "optimus.decoder.", skip_dec)
     return cfg, state
@@ -236,12 +245,12 @@ def clip_config_from_hf(clip: Mapping[str, torch.Tensor], base: ClipConfig) -> C
     th, vh = int(tok.shape[1]), int(patch.shape[0])
     return dataclasses.replace(
         base, text_hidden_size=th, text_layers=_count(clip, r"text_model\.encoder\.layers\.(\d+)\."),
-        text_heads=max(1, th // 64),
+        text_heads=_heads(th, base.text_hidden_size, base.text_heads),
         text_intermediate_size=int(_need(clip, "text_model.encoder.layers.0.mlp.fc1.weight", w).shape[0]),
         vocab_size=int(tok.shape[0]),
         max_position_embeddings=int(_need(clip, "text_model.embeddings.position_embedding.weight", w).shape[0]),
         vision_hidden_size=vh, vision_layers=_count(clip, r"vision_model\.encoder\.layers\.(\d+)\."),
-        vision_heads=max(1, vh // 64),
+        vision_heads=_heads(vh, base.vision_hidden_size, base.vision_heads),
         vision_intermediate_size=int(_need(clip, "vision_model.encoder.layers.0.mlp.fc1.weight", w).shape[0]),
         patch_size=int(patch.shape[-1]), image_size=int(round(math.sqrt(positions - 1))) * int(patch.shape[-1]),
         projection_dim=int(_need(clip, "text_projection.weight", w).shape[0]), pretrained=None)
@@ -269,6 +278,7 @@ def _library_part(src: Mapping[str, torch.Tensor], target: str, out: Conversion,
             _compare(out, where + k, v, torch.arange(v.shape[-1]).expand_as(v))
         else:
             state[f"{target}.{k}"] = v
+            out.origin[f"{target}.{k}"] = where + k
     _check_all_placed(src, state, where, skip)
     return state
 
@@ -328,7 +338,34 @@ def convert_codi_codecs(state: Mapping[str, torch.Tensor], base: CodecsConfig | 
     if clap:
         cfg.clap = clap_config_from_hf(clap, base.clap)
         out.state.update(_library_part(clap, "clap.model", out, "clap.model."))
+    _check_against_codecs(out, {"autokl.": "image.", "audioldm.": "audio.", "optimus.": "text.",
+                                "clip.model.": "clip.", "clap.model.": "clap."}, state)
     return out, rest
+
+
+# Model tensors a checkpoint need not carry: HiFi-GAN input stats (unused by AudioLDM), GPT-2's head
+# (tied to wte), constant index buffers.
+OPTIONAL = ("vocoder.mean", "vocoder.scale", "gpt2.lm_head.weight", "position_ids", "token_type_ids")
+
+
+def _check_against_codecs(out: Conversion, pieces: dict[str, str], source: Mapping[str, torch.Tensor]) -> None:
+    """Every converted tensor must name a Codecs tensor of the same shape, and every tensor of a piece the
+    checkpoint carries must be provided (checked on a weightless ``meta`` build of the inferred config)."""
+    from models.codecs import Codecs
+
+    with torch.device("meta"):
+        own = {k: tuple(v.shape) for k, v in Codecs(out.config).state_dict().items()}
+    for k, v in out.state.items():
+        name = out.origin.get(k, k)
+        if k not in own:
+            raise ConversionError(f"{name}: cannot place this tensor (no {k} in the inferred model)")
+        if own[k] != tuple(v.shape):
+            raise ConversionError(f"{name}: shape {tuple(v.shape)}, the inferred model expects {own[k]} at {k}")
+    present = {target for prefix, target in pieces.items() if any(k.startswith(prefix) for k in source)}
+    missing = sorted(k for k in own if k.startswith(tuple(present)) and k not in out.state
+                     and not k.endswith(OPTIONAL))
+    if missing:
+        raise ConversionError(f"checkpoint has no tensor for {missing[0]} ({len(missing)} model tensors missing)")
 
 
 def load_into(codecs, conversion: Conversion) -> None:
