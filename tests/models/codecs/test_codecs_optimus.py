@@ -68,6 +68,7 @@ def test_optimus_learns_to_reconstruct_toy_captions_from_mu(tokenizer_dirs):
             break
     model.eval()
     after = token_accuracy(model, texts)
+    print(f"optimus token accuracy {before:.3f} -> {after:.3f} after {step + 1} steps, {time.time() - start:.0f} s")
     assert before < 0.5 and after >= 0.95, (before, after, step, time.time() - start)
     # decode() works on the diffusion latent s·μ and returns the captions themselves
     decoded = model.decode(model.encode(texts[:8]))
