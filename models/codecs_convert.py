@@ -162,18 +162,22 @@ def vocoder_from_hifigan(hifi: Mapping[str, torch.Tensor], where: str,
 
 # ---- derived constants -----------------------------------------------------------------------------
 
-def tacotron_bases(spec: MelSpec = AUDIOLDM) -> dict[str, torch.Tensor]:
-    """TacotronSTFT's buffers as AudioLDM builds them: windowed Fourier basis, its pseudo-inverse, mels."""
+STFT_BUFFERS = ("stft_fn.forward_basis", "stft_fn.inverse_basis", "mel_basis")
+
+
+def tacotron_buffer(name: str, spec: MelSpec = AUDIOLDM) -> torch.Tensor:
+    """One of TacotronSTFT's buffers as AudioLDM builds them: the windowed Fourier basis (real rows, then
+    imaginary), its scaled pseudo-inverse, or the Slaney mel filterbank."""
+    if name == "mel_basis":
+        return mel_basis(spec)
     n, cut = spec.n_fft, spec.n_fft // 2 + 1
     fourier = np.fft.fft(np.eye(n))
     basis = np.vstack([np.real(fourier[:cut]), np.imag(fourier[:cut])])
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(spec.win_length) / spec.win_length)
     window = np.pad(window, ((n - spec.win_length) // 2, (n - spec.win_length + 1) // 2))
-    forward = basis[:, None, :] * window
-    inverse = np.linalg.pinv(n / spec.hop_length * basis).T[:, None, :] * window
-    return {"stft_fn.forward_basis": torch.tensor(forward, dtype=torch.float32),
-            "stft_fn.inverse_basis": torch.tensor(inverse, dtype=torch.float32),
-            "mel_basis": mel_basis(spec)}
+    if name == "stft_fn.forward_basis":
+        return torch.tensor(basis[:, None, :] * window, dtype=torch.float32)
+    return torch.tensor(np.linalg.pinv(n / spec.hop_length * basis).T[:, None, :] * window, dtype=torch.float32)
 
 
 def _compare(out: Conversion, name: str, got: torch.Tensor, expected: torch.Tensor, atol: float = 1e-4) -> None:
@@ -315,11 +319,10 @@ def convert_codi_codecs(state: Mapping[str, torch.Tensor], base: CodecsConfig | 
         cfg.audio = AudioConfig(vae=vae_cfg, vocoder=voc_cfg, frames=base.audio.frames, peak=base.audio.peak)
         out.state.update({f"audio.vae.{k}": v for k, v in vae.items()})
         out.state.update({f"audio.vocoder.{k}": v for k, v in voc.items()})
-        bases = tacotron_bases()
         for k, v in _sub(audioldm, "fn_STFT.").items():
-            if k not in bases:
-                raise ConversionError(f"audioldm.fn_STFT.{k}: unknown STFT buffer (expected {sorted(bases)})")
-            _compare(out, f"audioldm.fn_STFT.{k}", v, bases[k], atol=1e-3)
+            if k not in STFT_BUFFERS:
+                raise ConversionError(f"audioldm.fn_STFT.{k}: unknown STFT buffer (expected one of {STFT_BUFFERS})")
+            _compare(out, f"audioldm.fn_STFT.{k}", v, tacotron_buffer(k), atol=1e-3)
 
     enc, dec = _sub(state, "optimus.encoder."), _sub(state, "optimus.decoder.")
     stray = sorted(k for k in state if k.startswith("optimus.") and not k.startswith(("optimus.encoder.",
