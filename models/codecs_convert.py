@@ -334,10 +334,19 @@ def convert_codi_codecs(state: Mapping[str, torch.Tensor], base: CodecsConfig | 
         out.state.update(text_state)
 
     clip = _sub(state, "clip.model.")
+    temporal = sorted(k for k in clip if ".temporal_self_attn." in k)
+    if temporal:
+        raise ConversionError(f"clip.model.{temporal[0]}: CoDi's temporal attention inside the CLIP vision tower "
+                              f"({len(temporal)} tensors) is not implemented; codiray conditions on video by "
+                              "averaging per-frame hidden states")
     if clip:
         cfg.clip = clip_config_from_hf(clip, base.clip)
         out.state.update(_library_part(clip, "clip.model", out, "clip.model."))
     clap = _sub(state, "clap.model.")
+    if any(k.startswith("audio_branch.") for k in clap):
+        raise ConversionError("clap.model.audio_branch.*: LAION-CLAP layout is not supported; convert it to "
+                              "transformers' ClapAudioModelWithProjection layout (audio_model.*, "
+                              "audio_projection.linear1/linear2) first")
     if clap:
         cfg.clap = clap_config_from_hf(clap, base.clap)
         out.state.update(_library_part(clap, "clap.model", out, "clap.model."))
