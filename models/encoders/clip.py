@@ -29,8 +29,8 @@ def clip_preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
     antialiased), centre crop, CLIP mean/std — CLIPImageProcessor's steps, in torch."""
     x = images.permute(0, 3, 1, 2).float() / 255.0
     h, w = x.shape[-2:]
-    s = size / min(h, w)
-    nh, nw = max(size, round(h * s)), max(size, round(w * s))
+    # the shorter side becomes ``size``, the longer int(size · long / short), as CLIPImageProcessor does
+    nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
     top, left = (nh - size) // 2, (nw - size) // 2

@@ -61,3 +61,22 @@ def test_compose_normalises_weights_and_mixes_nulls_alike():
             compose([a, b], bad)
     with pytest.raises(ValueError, match="shape"):
         compose([a, torch.randn(3, 1, 768)])
+
+
+def test_clip_preprocessing_matches_the_clip_image_processor(tmp_path):
+    """Our torch resize/crop/normalise agrees with transformers' CLIPImageProcessor (PIL) on a PNG file."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    from models.encoders.clip import clip_preprocess
+
+    y, x = np.mgrid[0:300, 0:400]
+    img = np.stack([(np.sin(x / 17.0 + c) * 0.5 + 0.5) * 255 * (np.cos(y / 23.0) * 0.25 + 0.75) for c in range(3)], -1)
+    Image.fromarray(img.astype(np.uint8)).save(tmp_path / "frame.png")
+    pixels = np.asarray(Image.open(tmp_path / "frame.png").convert("RGB"))
+    ref = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})(
+        images=[pixels], return_tensors="pt")["pixel_values"]
+    ours = clip_preprocess(torch.from_numpy(pixels.copy())[None], 224)
+    assert ours.shape == ref.shape == (1, 3, 224, 224)
+    # PIL resamples in uint8 (±0.5/255 before normalisation) with its own bicubic taps
+    assert (ours - ref).abs().max() < 0.03 and (ours - ref).abs().mean() < 0.01
