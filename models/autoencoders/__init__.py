@@ -1,0 +1,1 @@
+"""LDM KL autoencoders (diffusers ``AutoencoderKL``) and the image/video codec built on one."""
