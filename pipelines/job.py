@@ -54,7 +54,7 @@ def check_drops(manifest: dict, out: str, max_fraction: float) -> None:
     if manifest["input"] == 0:
         raise TooManyDrops(f"no inputs: the metadata has no rows, nothing was prepared into {out}", manifest)
     over = [s for s in flow if s["dropped"] and s["dropped"] > max_fraction * s["in"]]
-    if not over and manifest["samples"] == 0:
+    if not over and manifest["written"] == 0:
         over = [max(flow, key=lambda s: s["dropped"])]
     if not over:
         return

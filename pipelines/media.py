@@ -27,7 +27,9 @@ def _stem(rel: str) -> str:
 
 
 def index_media(media: str, s3: S3Config | None = None, tar_members: bool = False) -> dict[str, list[str]]:
-    """``{relative path without extension: [uri, ...]}`` for every file under ``media`` (any depth).
+    """``{relative path without extension: [uri, ...]}`` for every file under ``media`` (any depth),
+    each also under its bare name (so ``part01/Y{ytid}.wav`` is found as ``Y{ytid}``; the same name in
+    two folders is then an ambiguous match, reported as such).
 
     With ``tar_members``, the members of ``.tar`` files (img2dataset's output) are indexed by their
     sample key too, as member URIs that ``read_media_bytes`` reads by byte range.
@@ -39,7 +41,10 @@ def index_media(media: str, s3: S3Config | None = None, tar_members: bool = Fals
             for stem, member_uri in tar_member_uris(uri, s3):
                 index.setdefault(stem, []).append(member_uri)
             continue
-        index.setdefault(_stem(uri[len(prefix):]), []).append(uri)
+        stem = _stem(uri[len(prefix):])
+        index.setdefault(stem, []).append(uri)
+        if "/" in stem:  # also by bare name: downloads are often split into sub-folders (parts, splits)
+            index.setdefault(stem.rsplit("/", 1)[1], []).append(uri)
     return index
 
 

@@ -116,3 +116,31 @@ def test_too_little_audio_is_dropped(tmp_path):
     with pytest.raises(DropSample) as drop:
         decode_segment(str(path), 0.0, 10.0, CFG)
     assert drop.value.stage == "duration" and "min_seconds" in drop.value.reason
+
+
+def swept_sine(rate: int, seconds: float, f0: float, f1: float) -> np.ndarray:
+    """A linear chirp from f0 to f1 Hz at amplitude 0.5."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * (f0 * t + (f1 - f0) / (2 * seconds) * t ** 2))).astype(np.float32)
+
+
+def test_resampler_agrees_with_torchaudio_on_a_swept_sine():
+    """libswresample (what the stage runs) against torchaudio's band-limited resample (the reference
+    it replaced): 44.1 kHz -> 16 kHz on a 20 Hz - 7 kHz chirp, edges excluded. Measured: 47 dB."""
+    import torch
+    import torchaudio.functional as AF
+
+    sweep = swept_sine(44100, 4.0, 20.0, 7000.0)
+    ours = resample(sweep, 44100, 16000)
+    reference = AF.resample(torch.from_numpy(sweep), 44100, 16000).numpy()
+    assert ours.shape == reference.shape == (64000,)
+    a, b = reference[800:-800], ours[800:-800]
+    snr_db = 10 * np.log10(np.sum(a ** 2) / np.sum((a - b) ** 2))
+    assert snr_db > 40.0, snr_db
+
+
+def test_resampler_rejects_what_would_alias():
+    """A 10 kHz tone is above the 8 kHz Nyquist of 16 kHz: it must not fold back to 6 kHz."""
+    tone = (0.5 * np.sin(2 * np.pi * 10000 * np.arange(44100 * 2) / 44100)).astype(np.float32)
+    out = resample(tone, 44100, 16000)[800:-800]
+    assert 20 * np.log10(np.sqrt(np.mean(out ** 2)) / (0.5 / np.sqrt(2))) < -40.0
