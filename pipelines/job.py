@@ -111,6 +111,13 @@ class ProgressLine:
             self.stream.flush()
 
 
+def tasks(concurrency: Optional[int]):
+    """Ray Data's task pool of ``concurrency`` parallel tasks (None: Ray Data decides)."""
+    import ray
+
+    return ray.data.TaskPoolStrategy(size=concurrency)
+
+
 def quiet_context(dataset) -> None:
     """No Ray Data progress bars or plan printout for our jobs: the job draws its own one line."""
     ctx = dataset.context
@@ -220,12 +227,12 @@ def run_sharded(rows: list[dict], out: str, style: str, cfg: PrepareConfig, proc
             # Ray Data's per-operator reservation would hold this lone operator to a fraction of the
             # cluster (measured: 1 task at a time on a 4-CPU node), so it is off for this dataset.
             dataset.context.op_resource_reservation_enabled = False
-            dataset = dataset.map(lambda item: commit_one(decode_one(item)), concurrency=cfg.concurrency,
+            dataset = dataset.map(lambda item: commit_one(decode_one(item)), compute=tasks(cfg.concurrency),
                                   **remote_args)
         else:
-            dataset = dataset.map(decode_one, concurrency=cfg.concurrency, **remote_args)
+            dataset = dataset.map(decode_one, compute=tasks(cfg.concurrency), **remote_args)
             dataset = clip_filter.apply(dataset)
-            dataset = dataset.map(commit_one, concurrency=cfg.concurrency, num_cpus=0.25)
+            dataset = dataset.map(commit_one, compute=tasks(cfg.concurrency), num_cpus=0.25)
         progress = ProgressLine(f"prepare {style}", len(todo))
         try:
             results = []
