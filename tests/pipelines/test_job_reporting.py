@@ -110,3 +110,19 @@ def test_known_similarity_is_compared_with_the_threshold():
     check_metadata({"similarity": 0.31, "punsafe": 0.1, "pwatermark": 0.1}, CaptionFilterConfig(similarity_min=0.3))
     with pytest.raises(DropSample, match="similarity 0.29 < 0.3"):
         check_metadata({"similarity": 0.29, "punsafe": 0.1, "pwatermark": 0.1}, CaptionFilterConfig(similarity_min=0.3))
+
+
+def test_a_threshold_on_a_column_the_corpus_lacks_is_a_usage_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from common.errors import UsageError
+    from pipelines.config import PrepareConfig
+    from pipelines.laion import read_metadata
+
+    path = tmp_path / "meta.parquet"
+    pq.write_table(pa.Table.from_pylist([{"key": "a", "TEXT": "x", "punsafe": 0.1, "pwatermark": 0.1}]), path)
+    cfg = PrepareConfig(caption=CaptionFilterConfig(similarity_min=0.3))
+    with pytest.raises(UsageError, match="no 'similarity' column but caption.similarity_min is set"):
+        read_metadata(str(path), cfg)
+    assert [r["key"] for r in read_metadata(str(path), PrepareConfig())] == ["a"]
