@@ -30,7 +30,7 @@ def find(root: Path, names: list[str], row: dict, style: str = "audioset", cfg: 
     [attached] = media.attach([dict(row)], media.index_media(str(root)),
                               media_candidates(style, cfg or PrepareConfig()), str(root))
     uri, naming = media.lookup(attached, media.AUDIO_EXTENSIONS)
-    return Path(uri).name, naming
+    return str(Path(uri).relative_to(root)), naming
 
 
 @pytest.mark.parametrize("name, naming", [
@@ -47,7 +47,7 @@ def find(root: Path, names: list[str], row: dict, style: str = "audioset", cfg: 
     (f"part03/{YTID}_30.wav", "{ytid}_{start}"),  # downloads split into sub-folders
 ])
 def test_every_audioset_convention_is_found(tmp_path, name, naming):
-    assert find(tmp_path, [name], AUDIOSET_ROW) == (Path(name).name, naming)
+    assert find(tmp_path, [name], AUDIOSET_ROW) == (name, naming)
 
 
 def test_exact_segment_name_beats_the_bare_id(tmp_path):
@@ -83,7 +83,8 @@ def test_audiocaps_prefers_its_own_id_then_the_youtube_segment(tmp_path):
 
 @pytest.mark.parametrize("pattern, names, found", [
     ("{ytid}_{start:.0f}.{ext}", [f"{YTID}_30.wav", f"{YTID}.wav"], f"{YTID}_30.wav"),
-    ("clips/{ytid[0]}/{ytid}.flac", [f"clips/x/{YTID}.flac", f"clips/x/{YTID}.wav", f"{YTID}.flac"], f"{YTID}.flac"),
+    ("clips/{ytid[0]}/{ytid}.flac", [f"clips/x/{YTID}.flac", f"clips/x/{YTID}.wav", f"clips/y/{YTID}.flac"],
+     f"clips/x/{YTID}.flac"),
 ])
 def test_media_pattern_names_the_file(tmp_path, pattern, names, found):
     cfg = PrepareConfig(media=MediaConfig(pattern=pattern))
