@@ -8,6 +8,7 @@ the cluster size or the order tasks finish in, and a re-run skips slices already
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -116,6 +117,22 @@ def tasks(concurrency: Optional[int]):
     import ray
 
     return ray.data.TaskPoolStrategy(size=concurrency)
+
+
+@contextlib.contextmanager
+def ray_data_console_warnings_only():
+    """Ray Data's INFO lines ("Starting execution ...", "... execution finished") go to its session log
+    file only while our job runs; its warnings still reach the console. Restored afterwards."""
+    logger = logging.getLogger("ray.data")
+    console = [h for h in logger.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    levels = [h.level for h in console]
+    for handler in console:
+        handler.setLevel(max(handler.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for handler, level in zip(console, levels):
+            handler.setLevel(level)
 
 
 def quiet_context(dataset) -> None:
@@ -236,9 +253,10 @@ def run_sharded(rows: list[dict], out: str, style: str, cfg: PrepareConfig, proc
         progress = ProgressLine(f"prepare {style}", len(todo))
         try:
             results = []
-            for result in dataset.iter_rows():
-                results.append(result)
-                progress.update(result["written"], result["dropped"])
+            with ray_data_console_warnings_only():
+                for result in dataset.iter_rows():
+                    results.append(result)
+                    progress.update(result["written"], result["dropped"])
         except Exception as err:  # noqa: BLE001 - surface the store's one-line reason, not Ray's traceback
             inner = _unwrap(err)
             if isinstance(inner, CodirayError):

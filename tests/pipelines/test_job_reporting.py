@@ -126,3 +126,25 @@ def test_a_threshold_on_a_column_the_corpus_lacks_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="no 'similarity' column but caption.similarity_min is set"):
         read_metadata(str(path), cfg)
     assert [r["key"] for r in read_metadata(str(path), PrepareConfig())] == ["a"]
+
+
+def test_ray_data_info_lines_stay_off_the_console_during_the_job():
+    import logging
+
+    from pipelines.job import ray_data_console_warnings_only
+
+    console = io.StringIO()
+    handler = logging.StreamHandler(console)
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("ray.data")
+    logger.addHandler(handler)
+    old_level, logger.level = logger.level, logging.INFO
+    try:
+        with ray_data_console_warnings_only():
+            logger.info("Starting execution of Dataset")
+            logger.warning("a warning that means something")
+        logger.info("after the job")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert console.getvalue().splitlines() == ["a warning that means something", "after the job"]
