@@ -324,6 +324,15 @@ def ray_rows(files: dict, root: Path, args) -> tuple[list[tuple], list[str]]:
         best[count] = (t1, t2)
         rows.append((f"webvid job clips/s, {count} videos, Ray workers: 2 vs 1 (pairs {min(pairs):.2f}-{max(pairs):.2f}x)",
                      samples / t2, samples / t1, "same job on 1 worker", t1 / t2, 1.8, None))
+        one, two = cpu[1], cpu[2]
+        cores = os.cpu_count() or 2
+        if cores <= 2 and two["workers"] > 0:
+            # 1 worker: its job takes at least its own CPU time (Ray and the driver fit on the other
+            # core); 2 workers on 2 cores: at least all the CPU of the job spread over both cores
+            bound = one["workers"] / (sum(two.values()) / cores)
+            notes.append(f"{count} videos: on {cores} cores, with Ray's processes and the driver using "
+                         f"{two['ray system'] + two['driver']:.1f} s of CPU beside the workers' {two['workers']:.1f} s, "
+                         f"2 workers can be at most {bound:.2f}x faster than 1 (CPU accounting, not wall time)")
         for workers, used in sorted(cpu.items()):
             notes.append(f"{count} videos, {workers} worker(s), last run: {times[workers][-1]:.1f} s wall = "
                          f"{workers * times[workers][-1]:.1f} core-s for its workers; CPU used: workers "
