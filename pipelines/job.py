@@ -128,11 +128,18 @@ def ray_data_console_warnings_only():
     levels = [h.level for h in console]
     for handler in console:
         handler.setLevel(max(handler.level, logging.WARNING))
+        handler.addFilter(_not_our_choice)
     try:
         yield
     finally:
         for handler, level in zip(console, levels):
             handler.setLevel(level)
+            handler.removeFilter(_not_our_choice)
+
+
+def _not_our_choice(record: logging.LogRecord) -> bool:
+    """Ray Data warns that progress bars are disabled: that is this job's choice, not news."""
+    return not record.getMessage().startswith("Progress bars disabled")
 
 
 def quiet_context(dataset) -> None:

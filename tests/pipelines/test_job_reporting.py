@@ -142,6 +142,7 @@ def test_ray_data_info_lines_stay_off_the_console_during_the_job():
     try:
         with ray_data_console_warnings_only():
             logger.info("Starting execution of Dataset")
+            logger.warning("Progress bars disabled. To enable, set ...")
             logger.warning("a warning that means something")
         logger.info("after the job")
     finally:
