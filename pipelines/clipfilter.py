@@ -100,5 +100,7 @@ class ClipFilter:
     def apply(self, dataset):
         ccfg = self.cfg.caption.clip
         args = self.cfg.worker.ray_remote_args()
+        import ray
+
         return dataset.map_batches(ClipScorer, fn_constructor_kwargs={"cfg": ccfg}, batch_size=1,
-                                   concurrency=ccfg.actors, batch_format="numpy", **args)
+                                   compute=ray.data.ActorPoolStrategy(size=ccfg.actors), batch_format="numpy", **args)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import string
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -126,6 +128,56 @@ class CaptionFilterConfig:
     clip: ClipFilterConfig = field(default_factory=ClipFilterConfig)
 
 
+# The fields a ``media.pattern`` may use, per style (``ext`` is any accepted file extension).
+PATTERN_FIELDS = {
+    "audioset": ("ytid", "start", "end", "key", "ext"),
+    "audiocaps": ("audiocap_id", "ytid", "start", "end", "key", "ext"),
+    "webvid": ("videoid", "page_dir", "key", "ext"),
+    "laion": ("key", "ext"),
+}
+
+
+def pattern_fields(pattern: str) -> list[str]:
+    """The field names a format template uses (``{ytid[0]}`` -> ``ytid``); ValueError for a template
+    that is not one (unbalanced braces, positional ``{}``, attribute access ``{ytid.x}``)."""
+    names = []
+    for _, field_name, _, _ in string.Formatter().parse(pattern):
+        if field_name is None:
+            continue
+        base = re.split(r"[.\[]", field_name, maxsplit=1)[0]
+        if not base or base.isdigit():
+            raise ValueError(f"media.pattern {pattern!r}: every field needs a name, e.g. {{ytid}}")
+        if "." in field_name.split("[", 1)[0]:
+            raise ValueError(f"media.pattern {pattern!r}: attribute access ({field_name}) is not allowed")
+        names.append(base)
+    return names
+
+
+@dataclass
+class MediaConfig:
+    """Where a row's media file is. Unset, each style's naming conventions are tried (see the README:
+    AudioSet ``{ytid}``, ``Y{ytid}``, ``{ytid}_{start}[_{end}]``; AudioCaps also ``{audiocap_id}``).
+    ``pattern``: one format template instead, relative to --media, e.g. ``"{ytid}_{start:.0f}.{ext}"``
+    or ``"clips/{ytid[0]}/{ytid}.flac"``; fields per style in ``PATTERN_FIELDS``."""
+
+    pattern: Optional[str] = None
+
+    def __post_init__(self):
+        if self.pattern is None:
+            return
+        known = sorted({f for fields in PATTERN_FIELDS.values() for f in fields})
+        try:
+            names = pattern_fields(self.pattern)
+        except ValueError as err:
+            raise ValueError(str(err)) from None
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"media.pattern {self.pattern!r}: unknown field {unknown[0]!r} "
+                             f"(fields: {', '.join(known)})")
+        if self.pattern.startswith("/") or ".." in self.pattern.split("/"):
+            raise ValueError(f"media.pattern {self.pattern!r}: must be a path relative to --media")
+
+
 @dataclass
 class PrepareConfig:
     """A full `codiray prepare` job."""
@@ -137,5 +189,13 @@ class PrepareConfig:
     shards: ShardConfig = field(default_factory=ShardConfig)
     s3: S3Config = field(default_factory=S3Config)
     worker: WorkerResources = field(default_factory=WorkerResources)
+    media: MediaConfig = field(default_factory=MediaConfig)
     concurrency: Optional[int] = None  # parallel shard tasks; None lets Ray Data decide
     labels: Optional[str] = None       # audioset: class_labels_indices.csv (default: next to --metadata)
+    # A stage that drops more than this fraction of the inputs reaching it fails the job (exit 1),
+    # after the shards and the ledger are written; so does a job that writes nothing.
+    max_drop_fraction: float = 0.5
+
+    def __post_init__(self):
+        if not 0.0 <= self.max_drop_fraction <= 1.0:
+            raise ValueError("max_drop_fraction must be between 0 and 1")

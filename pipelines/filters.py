@@ -8,17 +8,21 @@ from pipelines.config import CaptionFilterConfig
 from pipelines.images import DropSample
 
 
-def _number(row: dict, column: str) -> float | None:
+def _number(row: dict, column: str, setting: str) -> float:
+    """A metadata number a threshold is checked against. A value that is missing, null or NaN cannot
+    pass a threshold: the row is dropped as "<column> unknown" (set the threshold to null to keep such
+    rows)."""
     value = row.get(column)
-    if value is None:
-        return None
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise DropSample("metadata", f"{column} unknown ({'missing' if value is None else 'NaN'}) while "
+                                     f"{setting} is set")
     try:
-        value = float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise DropSample("metadata", f"{column} is not a number: {value!r}") from None
-    if math.isnan(value):
-        raise DropSample("metadata", f"{column} is NaN")
-    return value
+    if math.isnan(number):
+        raise DropSample("metadata", f"{column} unknown (NaN) while {setting} is set")
+    return number
 
 
 def check_caption(caption, cfg: CaptionFilterConfig) -> str:
@@ -53,13 +57,12 @@ def check_caption(caption, cfg: CaptionFilterConfig) -> str:
 
 
 def check_metadata(row: dict, cfg: CaptionFilterConfig) -> None:
-    """LAION metadata thresholds: punsafe/pwatermark maxima, similarity/aesthetic minima."""
+    """LAION metadata thresholds: punsafe/pwatermark maxima, similarity/aesthetic minima; a threshold
+    that is null is not applied."""
     for column, limit, is_max in (("punsafe", cfg.punsafe_max, True), ("pwatermark", cfg.pwatermark_max, True),
                                   ("similarity", cfg.similarity_min, False), ("aesthetic", cfg.aesthetic_min, False)):
         if limit is None:
             continue
-        value = _number(row, column)
-        if value is None:
-            continue
+        value = _number(row, column, f"caption.{column}_{'max' if is_max else 'min'}")
         if (value > limit) if is_max else (value < limit):
             raise DropSample("metadata", f"{column} {value:g} {'>' if is_max else '<'} {limit:g}")

@@ -37,6 +37,13 @@ def read_metadata(uri: str, cfg: PrepareConfig) -> list[dict]:
     if missing:
         raise UsageError(f"{uri}: metadata is missing column(s) {', '.join(missing)} "
                          f"(has: {', '.join(table.column_names)})")
+    thresholds = {"punsafe": cfg.caption.punsafe_max, "pwatermark": cfg.caption.pwatermark_max,
+                  "similarity": cfg.caption.similarity_min, "aesthetic": cfg.caption.aesthetic_min}
+    absent = [c for c, limit in thresholds.items() if limit is not None and c not in table.column_names]
+    if absent:
+        setting = f"caption.{absent[0]}_{'max' if absent[0] in ('punsafe', 'pwatermark') else 'min'}"
+        raise UsageError(f"{uri}: metadata has no {absent[0]!r} column but {setting} is set "
+                         f"(set {setting}=null to prepare without that filter)")
     rows = table.to_pylist()
     for index, row in enumerate(rows):
         row["key"] = sanitize_key(row["key"]) if row.get("key") is not None else f"row{index:09d}"
@@ -50,7 +57,7 @@ def make_row_fn(cfg: PrepareConfig):
         key = row["key"]
         check_metadata(row, cfg.caption)
         caption = check_caption(row.get("TEXT"), cfg.caption)
-        uri = media.lookup(row["_media"], row["_candidates"], media.IMAGE_EXTENSIONS)
+        uri, _ = media.lookup(row, media.IMAGE_EXTENSIONS)
         image = decode_image(media.read_media_bytes(uri, cfg.s3), cfg.image)
         meta = {"key": key, "caption": caption, "source": row.get("URL") or uri,
                 "width": row.get("WIDTH"), "height": row.get("HEIGHT"), "style": "laion"}
@@ -64,5 +71,13 @@ def prepare_laion(metadata: str, media_uri: str, out: str, cfg: PrepareConfig) -
     """Run the LAION job end to end and return the manifest. ``media_uri``: a folder of images named
     by key, or of img2dataset-style WebDataset tars (``<key>.jpg`` members)."""
     rows = read_metadata(metadata, cfg)
-    rows = media.attach(rows, media.index_media(media_uri, cfg.s3, tar_members=True), lambda r: [r["key"]])
+    if cfg.media.pattern:
+        media.check_pattern(cfg.media.pattern, "laion", {"key": "000000000"})
+
+    def candidates(row: dict):
+        if cfg.media.pattern:
+            return media.pattern_candidates(cfg.media.pattern, {"key": row["key"]})
+        return media.simple_candidates([row["key"]], "{key}")
+
+    rows = media.attach(rows, media.index_media(media_uri, cfg.s3, tar_members=True), candidates, media_uri)
     return run_sharded(rows, out, "laion", cfg, per_row(make_row_fn(cfg)), STAGES, ClipFilter.maybe(cfg))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -60,9 +61,14 @@ class ShardRecord:
     samples: list[str] = field(default_factory=list)   # sample keys (a video gives one per clip)
     parts: list[dict] = field(default_factory=list)    # {"name", "samples", "bytes"} per tar written
     tensors: dict = field(default_factory=dict)        # {name: {"shape", "dtype"}} of the .npy fields
+    notes: dict = field(default_factory=dict)          # {topic: {value: inputs}}, e.g. which naming matched
 
     def drop(self, key: str, stage: str, reason: str) -> None:
         self.dropped.append({"key": key, "stage": stage, "reason": reason})
+
+    def note(self, topic: str, value: str) -> None:
+        counts = self.notes.setdefault(topic, {})
+        counts[value] = counts.get(value, 0) + 1
 
 
 def tar_bytes(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
@@ -164,6 +170,38 @@ def stage_flow(num_input: int, dropped: list[dict], stages: list[str]) -> list[d
     return flow
 
 
+def reason_kind(reason: str) -> str:
+    """A ledger reason without its per-input details (names, numbers in parentheses), so reasons can
+    be counted: "media file missing (looked for x.* ...)" -> "media file missing"."""
+    kind = re.sub(r"\s*\(.*", "", reason)
+    return re.sub(r"\d+(\.\d+)?", "N", kind).strip() or reason
+
+
+def top_reasons(dropped: list[dict]) -> dict:
+    """Per stage: its most common kind of reason, how many inputs it covers, and one example."""
+    by_stage: dict[str, Counter] = {}
+    example: dict[tuple[str, str], dict] = {}
+    for d in dropped:
+        kind = reason_kind(d["reason"])
+        by_stage.setdefault(d["stage"], Counter())[kind] += 1
+        example.setdefault((d["stage"], kind), d)
+    out = {}
+    for stage, counts in sorted(by_stage.items()):
+        kind, count = max(counts.items(), key=lambda kv: (kv[1], -len(kv[0])))
+        first = example[(stage, kind)]
+        out[stage] = {"reason": kind, "count": count, "example_key": first["key"], "example": first["reason"]}
+    return out
+
+
+def merge_notes(records: list[dict]) -> dict:
+    merged: dict = {}
+    for record in records:
+        for topic, counts in record.get("notes", {}).items():
+            for value, n in counts.items():
+                merged.setdefault(topic, {})[value] = merged.get(topic, {}).get(value, 0) + n
+    return {topic: dict(sorted(counts.items())) for topic, counts in sorted(merged.items())}
+
+
 def check_records(out: str, records: list[dict], planned: dict[str, list[str]]) -> None:
     """Key-level accounting: the records are exactly the planned shards, each owns exactly its
     planned keys, and every one of them is either written or dropped, never both or neither."""
@@ -199,7 +237,9 @@ def finalize(out: str, num_input: int, style: str, s3: S3Config | None = None,
         "samples": sum(len(r.get("samples", r["written"])) for r in records),
         "shards": [part for r in records for part in _parts_of(r)],
         "tensors": merge_tensor_specs(records),
-        "per_stage": {"dropped": dict(sorted(Counter(d["stage"] for d in dropped).items())), "flow": flow},
+        "per_stage": {"dropped": dict(sorted(Counter(d["stage"] for d in dropped).items())), "flow": flow,
+                      "top_reason": top_reasons(dropped)},
+        "notes": merge_notes(records),
     }
     if num_input != written + len(dropped) or (flow and flow[-1]["out"] != written):
         raise JobFailed(f"{out}: counts do not reconcile: input {num_input} != written {written} "

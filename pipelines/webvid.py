@@ -47,10 +47,18 @@ def clip_samples(key: str, caption: str, source: str, clips: list[dict], cfg: Pr
     return samples
 
 
-def media_candidates(row: dict) -> list[str]:
-    """WebVid downloads live at ``<page_dir>/<videoid>.<ext>``; a flat folder works too."""
-    videoid, page_dir = (row.get("videoid") or "").strip(), (row.get("page_dir") or "").strip()
-    return ([f"{page_dir}/{videoid}"] if page_dir else []) + ([videoid] if videoid else [])
+def media_candidates(cfg: PrepareConfig):
+    """WebVid downloads live at ``<page_dir>/<videoid>.<ext>``; a flat folder works too
+    (``media.pattern`` replaces both)."""
+    def candidates(row: dict):
+        videoid, page_dir = (row.get("videoid") or "").strip(), (row.get("page_dir") or "").strip()
+        if cfg.media.pattern:
+            return media.pattern_candidates(cfg.media.pattern, {"videoid": videoid, "page_dir": page_dir,
+                                                                "key": row["key"]})
+        return media.simple_candidates(([f"{page_dir}/{videoid}"] if page_dir else []) + ([videoid] if videoid else []),
+                                       "{videoid}")
+
+    return candidates
 
 
 def make_row_fn(cfg: PrepareConfig):
@@ -61,7 +69,7 @@ def make_row_fn(cfg: PrepareConfig):
         if row.get("duration") not in (None, ""):
             parse_iso_duration(row["duration"])  # malformed metadata is reported, not guessed at
         caption = check_caption(row.get("name"), cfg.caption)
-        uri = media.lookup(row["_media"], row["_candidates"], media.VIDEO_EXTENSIONS)
+        uri, _ = media.lookup(row, media.VIDEO_EXTENSIONS)
         clips = decode_clips(media.open_source(uri, cfg.s3), cfg.video, cfg.audio)
         return clip_samples(key, caption, row.get("contentUrl") or uri, clips, cfg)
 
@@ -70,5 +78,8 @@ def make_row_fn(cfg: PrepareConfig):
 
 def prepare_webvid(metadata: str, media_uri: str, out: str, cfg: PrepareConfig) -> dict:
     """Run the WebVid job end to end and return the manifest."""
-    rows = media.attach(read_metadata(metadata, cfg), media.index_media(media_uri, cfg.s3), media_candidates)
+    if cfg.media.pattern:
+        media.check_pattern(cfg.media.pattern, "webvid", {"videoid": "1066678207", "page_dir": "001", "key": "k"})
+    rows = media.attach(read_metadata(metadata, cfg), media.index_media(media_uri, cfg.s3), media_candidates(cfg),
+                        media_uri)
     return run_sharded(rows, out, "webvid", cfg, per_row(make_row_fn(cfg)), STAGES, ClipFilter.maybe(cfg))

@@ -116,3 +116,57 @@ def test_too_little_audio_is_dropped(tmp_path):
     with pytest.raises(DropSample) as drop:
         decode_segment(str(path), 0.0, 10.0, CFG)
     assert drop.value.stage == "duration" and "min_seconds" in drop.value.reason
+
+
+def swept_sine(rate: int, seconds: float, f0: float, f1: float) -> np.ndarray:
+    """A linear chirp from f0 to f1 Hz at amplitude 0.5."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * (f0 * t + (f1 - f0) / (2 * seconds) * t ** 2))).astype(np.float32)
+
+
+def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(reference ** 2) / max(np.sum((reference - other) ** 2), 1e-30)))
+
+
+def test_resampler_agrees_with_torchaudio_on_a_swept_sine():
+    """libswresample (what the stage runs, in its decode graph) against torchaudio's band-limited
+    resample (the stage's previous resampler): 44.1 kHz -> 16 kHz on a 20 Hz - 7 kHz chirp, edges
+    excluded. Measured: 47 dB (FFmpeg's default filter_size=32: 31 dB, 8: 23 dB)."""
+    import torch
+    import torchaudio.functional as AF
+
+    sweep = swept_sine(44100, 4.0, 20.0, 7000.0)
+    ours = resample(sweep, 44100, 16000)
+    reference = AF.resample(torch.from_numpy(sweep), 44100, 16000).numpy()
+    assert ours.shape == reference.shape == (64000,)
+    assert snr_db(reference[800:-800], ours[800:-800]) > 40.0
+
+
+def test_graph_decode_matches_decoding_frame_by_frame(tmp_path):
+    """The stage (decode, cut, downmix and resample in one FFmpeg graph) against a reference built here
+    from PyAV's frames: every frame to float in numpy, channels averaged, the segment cut by sample
+    index, torchaudio.functional.resample. A stereo swept sine, 1-3 s of a 4 s recording. A wrong
+    downmix gain (FFmpeg's default matrix) or a cut 10 ms off each fall below 15 dB."""
+    import av
+    import torch
+    import torchaudio.functional as AF
+
+    rate = 44100
+    left, right = swept_sine(rate, 4.0, 50.0, 6000.0), swept_sine(rate, 4.0, 6000.0, 50.0)
+    path = write_audio(tmp_path / "sweep.flac", rate=rate, samples=np.stack([left, right]))
+    cfg = AudioConfig(sample_rate=16000, seconds=2.0)
+    ours = decode_segment(str(path), 1.0, 3.0, cfg)["audio"].astype(np.float32)
+    with av.open(str(path)) as container:
+        whole = np.concatenate([frame_to_float(f) for f in container.decode(audio=0)], axis=1)
+    segment = whole.mean(axis=0)[rate:3 * rate]
+    reference = AF.resample(torch.from_numpy(np.ascontiguousarray(segment)), rate, 16000).numpy()
+    assert ours.shape == reference.shape == (32000,)
+    assert snr_db(reference[400:-400], ours[400:-400]) > 40.0  # the resamplers agree to 47 dB
+
+
+def test_resampler_rejects_what_would_alias():
+    """A 10 kHz tone is above the 8 kHz Nyquist of 16 kHz: it must not fold back to 6 kHz (measured:
+    -49 dB; torchaudio -45 dB)."""
+    tone = (0.5 * np.sin(2 * np.pi * 10000 * np.arange(44100 * 2) / 44100)).astype(np.float32)
+    out = resample(tone, 44100, 16000)[800:-800]
+    assert 20 * np.log10(np.sqrt(np.mean(out ** 2)) / (0.5 / np.sqrt(2))) < -40.0

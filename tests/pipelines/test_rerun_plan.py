@@ -14,9 +14,9 @@ from pipelines.config import ImageConfig, PrepareConfig, ShardConfig
 from pipelines.laion import prepare_laion
 from pipelines.toyworld import write_laion_corpus
 
-pytestmark = pytest.mark.ray
-
-
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_same_plan_resumes_and_other_plan_is_refused(ray_local, tmp_path):
     corpus = write_laion_corpus(tmp_path / "raw", num_samples=12, image_size=24, seed=5)
     cfg = PrepareConfig(image=ImageConfig(size=16, min_size=8), shards=ShardConfig(samples_per_shard=4))

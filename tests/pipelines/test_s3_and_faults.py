@@ -54,6 +54,8 @@ BUILDERS = {"webvid": webvid_corpus, "audioset": audioset_corpus, "audiocaps": a
 
 
 @pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("style", ["webvid", "audioset", "audiocaps", "laion"])
 def test_each_style_on_s3(ray_local, s3_endpoint, bucket, tmp_path, style):
     local = tmp_path / "corpus"
@@ -85,18 +87,63 @@ def test_each_style_on_s3(ray_local, s3_endpoint, bucket, tmp_path, style):
 
 
 class FlakyProxy(http.server.BaseHTTPRequestHandler):
-    """Forwards to the S3 server, but answers the first ``failures`` GETs with 503 SlowDown.
-    (Reads only: test data is put straight into the server.)"""
+    """Forwards to the S3 server, but answers with 503 SlowDown: the first ``failures`` GETs, and the
+    first attempt at every distinct write (PUT/POST) or listing when ``fail_first`` names "PUT" or
+    "LIST" (so every object a job writes and every listing it makes is refused once)."""
 
     upstream: tuple[str, int]
     failures = 0
+    fail_first: set = set()
     seen: list = []
+    failed: list = []   # (kind, path) of every request answered with a fault
+    _tried: set = set()
+
+    def kind(self) -> str:
+        if self.command in ("PUT", "POST"):
+            return "PUT"
+        query = self.path.split("?", 1)[1] if "?" in self.path else ""
+        if self.command == "GET" and any(q in query for q in ("list-type", "prefix=", "delimiter=")):
+            return "LIST"
+        return self.command
+
+    def _fault(self) -> bool:
+        handler, kind = type(self), self.kind()
+        if self.command == "GET" and handler.failures > 0:
+            handler.failures -= 1
+            return True
+        # a write's retry is a new multipart upload (new uploadId): identify it by what it writes
+        path, _, query = self.path.partition("?")
+        request = (self.command, path, tuple(sorted(q.split("=")[0] for q in query.split("&")))) \
+            if kind == "PUT" else (kind, self.path)
+        if kind in handler.fail_first and request not in handler._tried:
+            handler._tried.add(request)
+            return True
+        return False
+
+    protocol_version = "HTTP/1.1"  # answers "Expect: 100-continue" (the SDK's uploads ask for it)
+
+    def _body(self) -> bytes:
+        """The request body as sent: Content-Length bytes, or a chunked (aws-chunked) body verbatim."""
+        if "chunked" not in (self.headers.get("Transfer-Encoding") or "").lower():
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        raw = b""
+        while True:
+            line = self.rfile.readline()
+            raw += line
+            size = int(line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while True:  # trailers (the SDK sends its checksum here), up to the blank line
+                    trailer = self.rfile.readline()
+                    raw += trailer
+                    if trailer in (b"\r\n", b"\n", b""):
+                        return raw
+            raw += self.rfile.read(size + 2)
 
     def _forward(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = self._body()
         type(self).seen.append(self.command)
-        if self.command == "GET" and type(self).failures > 0:
-            type(self).failures -= 1
+        if self._fault():
+            type(self).failed.append((self.kind(), self.path))
             payload = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
             self.send_response(503)
             self.send_header("Content-Length", str(len(payload)))
@@ -104,7 +151,7 @@ class FlakyProxy(http.server.BaseHTTPRequestHandler):
             self.wfile.write(payload)
             return
         conn = http.client.HTTPConnection(*self.upstream)
-        conn.request(self.command, self.path, body, dict(self.headers))
+        conn.request(self.command, self.path, body, {k: v for k, v in self.headers.items() if k.lower() != "expect"})
         resp = conn.getresponse()
         data = resp.read()
         self.send_response(resp.status)
@@ -126,7 +173,8 @@ class FlakyProxy(http.server.BaseHTTPRequestHandler):
 @pytest.fixture()
 def flaky_endpoint(s3_endpoint):
     host, port = s3_endpoint.split("//")[1].split(":")
-    handler = type("Handler", (FlakyProxy,), {"upstream": (host, int(port)), "failures": 0, "seen": []})
+    handler = type("Handler", (FlakyProxy,), {"upstream": (host, int(port)), "failures": 0, "seen": [],
+                                              "fail_first": set(), "failed": [], "_tried": set()})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -159,7 +207,52 @@ def test_transient_errors_give_up_with_one_line(flaky_endpoint, s3_endpoint, buc
     assert "still failing after 2 attempts" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_transient_put_and_list_errors_are_retried(flaky_endpoint, s3_endpoint, bucket):
+    endpoint, handler = flaky_endpoint
+    s3 = S3Config(endpoint_url=endpoint, retries=6, backoff_s=0.01)  # a write is up to 4 requests
+    handler.fail_first = {"PUT", "LIST"}
+    storage.write_bytes(f"{bucket}/dir/obj.bin", b"payload", s3)
+    assert storage.list_files(f"{bucket}/dir", "", s3) == [f"{bucket}/dir/obj.bin"]
+    kinds = {kind for kind, _ in handler.failed}
+    assert kinds == {"PUT", "LIST"}  # both were refused once, and retried to the right answer
+    assert any(path.split("?")[0].endswith("/dir/obj.bin") for kind, path in handler.failed if kind == "PUT")
+    assert storage.read_bytes(f"{bucket}/dir/obj.bin", S3Config(endpoint_url=s3_endpoint)) == b"payload"
+
+
 @pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_job_survives_transient_put_and_list_errors(ray_local, flaky_endpoint, s3_endpoint, bucket, tmp_path):
+    """Every object the job writes (shards, commit records, ledger, manifest, plan) and every listing
+    it makes is refused once with 503 SlowDown: the output equals a fault-free run's."""
+    endpoint, handler = flaky_endpoint
+    local = tmp_path / "corpus"
+    corpus = laion_corpus(local, num=8)
+    upload_tree(local, f"{bucket}/in", S3Config(endpoint_url=s3_endpoint))
+    cfg = s3_config(endpoint)
+    cfg.s3.retries = 6  # a write is up to 4 requests (folder marker, multipart create/part/complete)
+    handler.fail_first = {"PUT", "LIST"}
+    out = f"{bucket}/out"
+    manifest = prepare("laion", f"{bucket}/in/metadata.parquet", f"{bucket}/in/images", out, cfg)
+    written = {path.split("?")[0].rsplit("/out/", 1)[-1] for kind, path in handler.failed if kind == "PUT"}
+    assert {"manifest.json", "dropped.parquet", "_plan.json"} <= written
+    assert any(p.endswith(".tar") for p in written) and any(p.startswith("_parts/") for p in written)
+    assert any(kind == "LIST" for kind, _ in handler.failed)
+    clean = s3_config(s3_endpoint)
+    ledger = read_ledger(out, clean.s3)
+    assert_reconciles(manifest, ledger)
+    reference = tmp_path / "reference"
+    expected = prepare("laion", str(corpus["metadata"]), str(corpus["media"]), str(reference), small_config())
+    assert [(m["written"], m["samples"], m["per_stage"]["flow"]) for m in (manifest, expected)] == \
+        [(expected["written"], expected["samples"], expected["per_stage"]["flow"])] * 2
+    for shard in manifest["shards"]:
+        assert tar_contents(storage.read_bytes(f"{out}/{shard['name']}", clean.s3)) == \
+            tar_contents((reference / shard["name"]).read_bytes())
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_missing_bucket_stops_the_job_with_one_line(ray_local, s3_endpoint, tmp_path, capsys):
     corpus = audiocaps_corpus(tmp_path / "corpus")
     code = codiray_main(["prepare", "audiocaps", "--metadata", str(corpus["metadata"]), "--media",
@@ -208,6 +301,8 @@ def all_keys(out: Path) -> list[str]:
     return keys
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_killed_job_rerun_yields_the_same_keys(tmp_path, cli_groups):
     """SIGKILL a real `codiray prepare` once some shards are committed; the re-run finishes the rest
     and the key set equals an uninterrupted run's: nothing duplicated, nothing missing."""
