@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fractions
-import functools
 import os
 import tempfile
 
@@ -21,6 +20,8 @@ import av
 import numpy as np
 import torch
 
+from common import melspec
+from common.melspec import MelSpec
 from pipelines.config import AudioConfig
 from pipelines.images import DropSample
 
@@ -123,21 +124,19 @@ def fit_length(mono: np.ndarray, num_samples: int) -> np.ndarray:
     return np.pad(mono, (0, num_samples - mono.shape[0]))
 
 
-@functools.lru_cache(maxsize=4)
-def _mel(sample_rate: int, n_fft: int, win_length: int, hop_length: int, f_min: float, f_max, n_mels: int):
-    import torchaudio
-
-    return torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, win_length=win_length,
-                                                hop_length=hop_length, f_min=f_min, f_max=f_max,
-                                                n_mels=n_mels, power=2.0)
+def mel_spec(cfg: AudioConfig) -> MelSpec:
+    """The stage's settings as the one log-mel definition's (``common.melspec``: AudioLDM's TacotronSTFT)."""
+    return MelSpec(sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.win_length,
+                   hop_length=cfg.hop_length, n_mels=cfg.n_mels, f_min=cfg.f_min,
+                   f_max=cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2)
 
 
 def log_mel(mono: np.ndarray, cfg: AudioConfig) -> np.ndarray:
-    """``(n_mels, frames)`` natural-log power mel spectrogram (floored at 1e-10 so silence is finite)."""
-    transform = _mel(cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.hop_length, cfg.f_min, cfg.f_max, cfg.n_mels)
+    """``(n_mels, frames)``: ``common.melspec.log_mel`` (log of the clamped magnitude mel, TacotronSTFT's
+    reflect padding and frame count) — the same definition the audio autoencoder encodes with."""
     with torch.inference_mode(), single_thread():
-        spec = transform(torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32)))
-    return torch.log(torch.clamp(spec, min=1e-10)).numpy()
+        mel = melspec.log_mel(torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))[None], mel_spec(cfg))
+    return mel[0].T.numpy()
 
 
 def finish(chunks: list[np.ndarray], rate: int, cfg: AudioConfig, what: str) -> dict[str, np.ndarray]:
