@@ -23,6 +23,11 @@ def register(subparsers) -> None:
                       help="a CoDi diffuser file; repeat to combine the image/video, audio and text UNets")
     codi.add_argument("--num-heads", type=int, default=8,
                       help="spatial-transformer heads (the one size not stored in the tensor shapes)")
+    codi.add_argument("--codecs-config", metavar="YAML",
+                      help="CodecsConfig keys for the autoencoders/prompt encoders a full checkpoint carries: "
+                           "what tensor shapes cannot tell (attention heads, vocoder dilations) and the local "
+                           "tokenizer folders (text.encoder_tokenizer, text.decoder_tokenizer, clip.tokenizer); "
+                           "default: the released CoDi's")
     sd = sub.add_parser("sd", formatter_class=fmt,
                         help="a Stable Diffusion 1.x UNet → an image-only CoDi model")
     sd.add_argument("--unet", required=True, metavar="PATH",
@@ -40,13 +45,19 @@ def run(args) -> int:
     import torch
 
     from common.errors import UsageError
-    from models.codi.convert import convert_codi, convert_sd
+    from models.codi.convert import convert_codi_release, convert_sd
 
     if args.num_heads is not None and args.num_heads < 1:
         raise UsageError(f"--num-heads must be positive, got {args.num_heads}")
     dtype = getattr(torch, args.dtype)
+    checked, mismatches = [], []
     if args.source == "codi":
-        model = convert_codi(args.checkpoint, num_heads=args.num_heads, dtype=dtype)
+        from common.config import load_config
+        from models.codecs_config import CodecsConfig
+
+        base = load_config(CodecsConfig, args.codecs_config, []) if args.codecs_config else None
+        conversion = convert_codi_release(args.checkpoint, num_heads=args.num_heads, dtype=dtype, codecs_base=base)
+        model, checked, mismatches = conversion.model, conversion.checked, conversion.mismatches
     else:
         model = convert_sd(args.unet, num_heads=args.num_heads, dtype=dtype)
     out = model.save_pretrained(args.out)
@@ -57,5 +68,12 @@ def run(args) -> int:
         print(f"{name}: {count:,} parameters, {spec.in_channels} latent channels, model_channels "
               f"{spec.model_channels}, channel_mult {spec.channel_mult}"
               + (f", with {' and '.join(extras)}" if extras else ""))
+    if model.codecs is not None:
+        count = sum(p.numel() for p in model.codecs.parameters())
+        print(f"codecs (autoencoders + prompt encoders): {count:,} parameters, in {out / 'codecs'}")
+    if checked:
+        print(f"checked, not loaded (derived constants that match codiray's): {len(checked)} tensors")
+    for problem in mismatches:
+        print(f"warning: {problem}")
     print(f"wrote {out}")
     return 0

@@ -8,16 +8,26 @@ widths, video heads); only the spatial-transformer head count is not in the shap
 tensor must land on a parameter of the same shape and every parameter must be filled, or the
 conversion fails listing the tensors it could not place (CoDi's own loader is non-strict and
 hides them).
+
+A full CoDi model checkpoint also carries its autoencoders and prompt encoders (``autokl.*``,
+``audioldm.*``, ``optimus.*``, ``clip.model.*``, ``clap.model.*``): ``models.codecs_convert`` places
+those into a ``Codecs`` that rides along as ``model.codecs``. LDM's DDPM buffers (``betas``,
+``alphas_cumprod``, the posterior coefficients, …) are derived constants: they are compared with what
+the shared core computes for the model's schedule and reported, never loaded.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 import torch
 from torch import Tensor
+
+from models.diffusion.config import DiffusionConfig, build_schedule
+from models.diffusion.process import q_posterior_variance, snr_ratio
 
 from .config import MODALITIES, CoDiConfig, UNetSpec
 from .convert_sd import diffusers_unet_to_ldm, read_diffusers_folder
@@ -25,6 +35,7 @@ from .model import CoDi
 from .tensors import ConversionError, listing as _listing, read_state_dict
 
 CODI_PREFIX = "model.diffusion_model."
+CODEC_PREFIXES = ("autokl.", "audioldm.", "optimus.", "clip.model.", "clap.model.")
 LDM_PREFIX = "model.diffusion_model."
 DEFAULT_SCALE = {"image": 0.18215, "audio": 0.9228, "text": 4.3108}
 
@@ -184,17 +195,107 @@ def split_codi_state(state: dict[str, Tensor], source: str) -> dict[str, dict[st
     return parts
 
 
-def convert_codi(checkpoints: Iterable[str | Path], num_heads: int = 8, dtype: torch.dtype = torch.float32) -> CoDi:
-    """One ``CoDi`` holding every UNet found in CoDi's released files (fp16 or fp32 in, ``dtype`` out)."""
+@dataclass
+class CodiConversion:
+    """A converted release: the model (with ``model.codecs`` when the files carried them) and what was
+    checked instead of loaded (derived constants that matched, and those that did not)."""
+
+    model: CoDi
+    checked: list[str] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+
+
+# LDM's DDPM (``ldm.models.diffusion.ddpm``; CoDi's ``core/models/sd.py``) registers these per-timestep
+# tables beside the UNets.
+DDPM_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+                "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+                "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+                "posterior_mean_coef1", "posterior_mean_coef2")
+
+
+def ddpm_buffers(diffusion: DiffusionConfig) -> dict[str, Tensor]:
+    """LDM's DDPM tables for ``diffusion``, from the core's schedule (ᾱ, α = √ᾱ, σ) and its posterior
+    q(z_{t−1} | z_t, x): mean = coef1·x + coef2·z_t, variance β̃_t (DDPM Eq. 6–7, Imagen Video Eq. 3)."""
+    schedule = build_schedule(diffusion)
+    if not getattr(schedule, "discrete", False):
+        raise ValueError("LDM's DDPM tables exist only for discrete schedules")
+    t = torch.arange(schedule.num_timesteps)
+    alpha_t, sigma_t, alpha_s, sigma_s = schedule.alpha(t), schedule.sigma(t), schedule.alpha(t - 1), schedule.sigma(t - 1)
+    r = snr_ratio(alpha_s, sigma_s, alpha_t, sigma_t)
+    variance = q_posterior_variance(alpha_s, sigma_s, alpha_t, sigma_t)
+    tables = {
+        "betas": schedule.beta(t), "alphas_cumprod": alpha_t**2, "alphas_cumprod_prev": alpha_s**2,
+        "sqrt_alphas_cumprod": alpha_t, "sqrt_one_minus_alphas_cumprod": sigma_t,
+        "log_one_minus_alphas_cumprod": torch.log(sigma_t**2), "sqrt_recip_alphas_cumprod": 1 / alpha_t,
+        "sqrt_recipm1_alphas_cumprod": sigma_t / alpha_t, "posterior_variance": variance,
+        "posterior_log_variance_clipped": torch.log(variance.clamp(min=1e-20)),
+        "posterior_mean_coef1": (1 - r) * alpha_s, "posterior_mean_coef2": r * alpha_s / alpha_t,
+    }
+    return {name: value.float() for name, value in tables.items()}
+
+
+def compare_ddpm_buffers(state: dict[str, Tensor], diffusion: DiffusionConfig, out: CodiConversion) -> None:
+    """Check every DDPM table the checkpoint carries against ``diffusion``'s (relative 1e-4)."""
+    ours = ddpm_buffers(diffusion)
+    for name in DDPM_BUFFERS:
+        if name not in state:
+            continue
+        theirs = state[name].float()
+        if theirs.shape != ours[name].shape:
+            out.mismatches.append(f"{name}: shape {tuple(theirs.shape)}, codiray's schedule has {tuple(ours[name].shape)}")
+        elif not torch.allclose(theirs, ours[name], rtol=1e-4, atol=1e-7):
+            worst = (theirs - ours[name]).abs().max().item()
+            out.mismatches.append(f"{name}: differs from codiray's {diffusion.schedule} schedule "
+                                  f"(β {diffusion.beta_start}→{diffusion.beta_end}, {diffusion.num_timesteps} steps) "
+                                  f"by up to {worst:.3g}")
+        else:
+            out.checked.append(name)
+
+
+def convert_codi(checkpoints: Iterable[str | Path], num_heads: int = 8, dtype: torch.dtype = torch.float32,
+                 codecs_base=None) -> CoDi:
+    """One ``CoDi`` holding every UNet (and the codecs) found in CoDi's released files."""
+    return convert_codi_release(checkpoints, num_heads, dtype, codecs_base).model
+
+
+def convert_codi_release(checkpoints: Iterable[str | Path], num_heads: int = 8, dtype: torch.dtype = torch.float32,
+                         codecs_base=None) -> CodiConversion:
+    """CoDi's released files (fp16 or fp32 in, ``dtype`` out) → ``CodiConversion``. ``codecs_base`` (a
+    ``CodecsConfig``) gives what tensor shapes cannot (heads, vocoder dilations, tokenizer dirs)."""
+    whole: dict[str, Tensor] = {}
+    seen: dict[str, str] = {}
+    for path in checkpoints:
+        for key, value in read_state_dict(path).items():
+            if key in whole:
+                unet = re.match(re.escape(CODI_PREFIX) + r"unet_(\w+?)\.", key)
+                what = f"the {unet.group(1)} UNet" if unet else f"tensor {key}"
+                raise ConversionError(f"{path}: {what} is also in {seen[key]}")
+            whole[key], seen[key] = value, str(path)
+    codecs = None
+    checked, mismatches = [], []
+    if any(k.startswith(CODEC_PREFIXES) for k in whole):
+        from models.codecs import Codecs
+        from models.codecs_convert import convert_codi_codecs, load_into
+
+        conversion, whole = convert_codi_codecs(whole, codecs_base)
+        codecs = Codecs(conversion.config)
+        load_into(codecs, conversion)
+        codecs.to(dtype)
+        checked += conversion.derived_ok
+        mismatches += conversion.mismatches
+    buffers = {k: whole.pop(k) for k in DDPM_BUFFERS if k in whole}
     merged: dict[str, dict[str, Tensor]] = {}
     origin: dict[str, str] = {}
-    for path in checkpoints:
-        for modality, part in split_codi_state(read_state_dict(path), str(path)).items():
-            if modality in merged:
-                raise ConversionError(f"{path}: the {modality} UNet is also in {origin[modality]}")
-            merged[modality], origin[modality] = part, str(path)
+    for key, value in whole.items():
+        seen_in = seen[key]
+        for modality, part in split_codi_state({key: value}, seen_in).items():
+            merged.setdefault(modality, {}).update(part)
+            if origin.setdefault(modality, seen_in) != seen_in:
+                raise ConversionError(f"{seen_in}: the {modality} UNet is also in {origin[modality]}")
     if not merged:
-        raise ConversionError("no CoDi UNet tensors in the given checkpoint(s)")
+        raise ConversionError("no CoDi UNet tensors (model.diffusion_model.unet_*) in the given checkpoint(s)"
+                              + ("; they hold only autoencoders/prompt encoders: give a diffuser checkpoint too"
+                                 if codecs is not None else ""))
     specs, state = {}, {}
     for modality, part in merged.items():
         try:
@@ -203,7 +304,11 @@ def convert_codi(checkpoints: Iterable[str | Path], num_heads: int = 8, dtype: t
             raise ConversionError(f"{origin[modality]}: cannot read the {modality} UNet's sizes "
                                   f"from its tensors ({type(err).__name__}: {err})") from None
         state.update({f"unets.{modality}.{k}": v for k, v in part.items()})
-    return build_and_place(specs, state, ", ".join(dict.fromkeys(origin.values())), dtype)
+    model = build_and_place(specs, state, ", ".join(dict.fromkeys(origin.values())), dtype)
+    model.codecs = codecs
+    out = CodiConversion(model, checked, mismatches)
+    compare_ddpm_buffers(buffers, model.config.diffusion, out)
+    return out
 
 
 def to_codi_state_dict(model: CoDi) -> dict[str, Tensor]:

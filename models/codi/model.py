@@ -6,8 +6,11 @@
 
 ``model.unets`` is an ``nn.ModuleDict`` keyed ``image`` (serves image and video), ``audio``,
 ``text``; each UNet carries its environment encoder V and its cross-modal attention sublayers.
-The autoencoders and prompt encoders (``encode``/``decode``/``condition``) compose on top as
-``self.codecs`` — they are not part of this module's state.
+The autoencoders and prompt encoders (``models.codecs.Codecs``) ride along as ``model.codecs`` when
+the model has them (``CoDi(config, codecs)``, a converted release, or a folder with ``codecs/``):
+``model.encode(m, data)`` → scaled latent, ``model.decode(m, latent)`` → data,
+``model.condition(m, data)`` → (b, 1, 768). ``save_pretrained`` writes the UNets to
+``model.safetensors`` and the codecs to their own ``codecs/`` folder (``Codecs.save_pretrained``).
 
 Joint generation (CoDi Eq. 3): every generated modality A first gets V_A(z_t^A); then each UNet runs
 with a cross-attention sublayer after its connector blocks. ``joint_context="paper"`` (default)
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,12 +35,16 @@ from torch import Tensor, nn
 from common.config import from_dict, to_dict
 from common.errors import UsageError
 
+if TYPE_CHECKING:   # imported where needed: transformers/diffusers cost ~2 s at import
+    from models.codecs import Codecs
+
 from .config import LATENT_MODALITIES, CoDiConfig
 from .unet import LatentUNet, UNet2D
 from .unet_text import UNetText
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "codi_config.json"
+CODECS_DIR = "codecs"
 JointContext = Literal["paper", "released"]
 LATENT_NDIM = {"image": 4, "video": 5, "audio": 4, "text": 2}
 
@@ -62,11 +69,31 @@ def build_unet(spec) -> LatentUNet:
 
 
 class CoDi(nn.Module):
-    def __init__(self, config: CoDiConfig):
+    def __init__(self, config: CoDiConfig, codecs: Optional["Codecs"] = None):
         super().__init__()
         self.config = config
         self.unets = nn.ModuleDict({name: build_unet(spec) for name, spec in config.specs().items()})
+        self.codecs = codecs
         self.set_gradient_checkpointing(config.gradient_checkpointing)
+
+    # -- data <-> latents and prompts, through the codecs (CoDi §3.1-3.2) --
+    def _codecs(self, what: str) -> "Codecs":
+        if self.codecs is None:
+            raise UsageError(f"this CoDi model has no autoencoders/prompt encoders to {what} with: convert a "
+                             "release that carries them, or build it as CoDi(config, codecs)")
+        return self.codecs
+
+    def encode(self, modality: str, data) -> Tensor:
+        """Data (uint8 images/videos, 16 kHz waveforms, strings) → the scaled latent this model diffuses."""
+        return self._codecs("encode").encode(modality, data)
+
+    def decode(self, modality: str, latent: Tensor):
+        """A scaled latent → data (uint8 image/video, float waveform, list[str])."""
+        return self._codecs("decode").decode(modality, latent)
+
+    def condition(self, modality: str, data) -> Tensor:
+        """A prompt of any modality → its unit (b, 1, 768) embedding in the shared space (CLIP/CLAP)."""
+        return self._codecs("condition").condition(modality, data)
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each block's activations in backward instead of storing them (same gradients)."""
@@ -106,9 +133,11 @@ class CoDi(nn.Module):
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state = {k: v.detach().contiguous().cpu() for k, v in self.unets.state_dict(prefix="unets.").items()}
         save_file(state, str(directory / WEIGHTS_NAME))
         (directory / CONFIG_NAME).write_text(json.dumps(to_dict(self.config), indent=2))
+        if self.codecs is not None:
+            self.codecs.save_pretrained(directory / CODECS_DIR)
         return directory
 
     @classmethod
@@ -127,4 +156,8 @@ class CoDi(nn.Module):
         except Exception as err:  # safetensors header errors, missing/unexpected/mis-shaped tensors
             problem = str(err).strip().splitlines()[0][:300]
             raise UsageError(f"{directory / WEIGHTS_NAME}: cannot load weights ({type(err).__name__}: {problem})") from None
+        if (directory / CODECS_DIR).is_dir():
+            from models.codecs import Codecs
+
+            model.codecs = Codecs.from_pretrained(directory / CODECS_DIR)
         return model
