@@ -28,16 +28,13 @@ from common.config import to_dict
 from common.errors import UsageError
 from models.codecs import Codecs
 from models.codi import CoDi
-from models.codi.model import CONFIG_NAME as CODI_CONFIG, WEIGHTS_NAME as CODI_WEIGHTS
+from models.codi.model import CODECS_DIR, CONFIG_NAME as CODI_CONFIG, WEIGHTS_NAME as CODI_WEIGHTS
 from models.codi.sampling import MODALITY_ORDER, sample_latents, table12_guidance
 from models.conditioning import compose_with_null
 from models.diffusion.config import DiffusionConfig, SamplingConfig, build_schedule
 from models.diffusion.guidance import Guidance
 from models.diffusion.schedules import sampling_timesteps
 from training import generate_media as media
-
-CODECS_DIR = "codecs"
-
 
 @dataclass
 class Request:
@@ -73,24 +70,20 @@ def local_model_folder(uri: str, tmp: str) -> Path:
     remote_codecs = storage.join(uri, CODECS_DIR)
     prefix = remote_codecs.rstrip("/") + "/"
     for file in storage.list_files(remote_codecs, recursive=True):
-        target = root / CODECS_DIR / file[len(prefix):] if file.startswith(prefix) else root / CODECS_DIR / Path(file).name
+        target = root / CODECS_DIR / file[len(prefix):]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(storage.read_bytes(file))
     return root
 
 
-def load_model(uri: str) -> tuple[CoDi, Codecs]:
-    """The CoDi model of a folder and its codecs (``model.codecs`` or the ``codecs/`` subfolder)."""
+def load_model(uri: str) -> CoDi:
+    """The CoDi model of a folder, with its codecs (``CoDi.from_pretrained`` reads ``codecs/``)."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = local_model_folder(uri, tmp)
-        model = CoDi.from_pretrained(folder)
-        codecs = getattr(model, "codecs", None)
-        if codecs is None:
-            if not (folder / CODECS_DIR / "config.json").is_file():
-                raise UsageError(f"{uri}: no {CODECS_DIR}/ folder — a CoDi model needs its codecs to read prompts "
-                                 "and decode outputs (save it with its codecs)")
-            codecs = Codecs.from_pretrained(folder / CODECS_DIR)
-    return model, codecs
+        model = CoDi.from_pretrained(local_model_folder(uri, tmp))
+    if model.codecs is None:
+        raise UsageError(f"{uri}: no {CODECS_DIR}/ folder — a CoDi model needs its codecs to read prompts "
+                         "and decode outputs (save it as CoDi(config, codecs))")
+    return model
 
 
 def check_outputs(model: CoDi, codecs: Codecs, outputs: Sequence[str]) -> None:
@@ -160,8 +153,12 @@ def row_seeds(seed: int, rows: int) -> list[int]:
 
 
 @torch.no_grad()
-def generate(model: CoDi, codecs: Codecs, request: Request, device: torch.device) -> list[dict]:
-    """Decoded outputs, one dict per row (input set × K copies): ``{"outputs": {m: data}, "seed": s, "set": i}``."""
+def generate(model: CoDi, request: Request, device: torch.device) -> list[dict]:
+    """Decoded outputs, one dict per row (input set × K copies): ``{"outputs": {m: data}, "seed": s, "set": i}``.
+
+    ``model`` carries its codecs (``model.codecs``) and sits on ``device``.
+    """
+    codecs = model.codecs
     check_outputs(model, codecs, request.outputs)
     model.eval()
     codecs.eval()
@@ -352,16 +349,17 @@ def request_from_args(args) -> Request:
 
 def run(args) -> int:
     request = request_from_args(args)
-    model, codecs = load_model(args.checkpoint)
+    model = load_model(args.checkpoint)
     try:
         device = torch.device(args.device)
-        model, codecs = model.to(device), codecs.to(device)
+        model = model.to(device)
+        codecs = model.codecs.to(device)
     except (RuntimeError, AssertionError) as err:
         raise UsageError(f"--device {args.device}: {str(err).splitlines()[0]}") from None
     if request.size % codecs.cfg.image.downsample and {"image", "video"} & set(request.outputs):
         raise UsageError(f"--size {request.size}: must be a multiple of the image VAE's downsampling "
                          f"({codecs.cfg.image.downsample})")
-    rows = generate(model, codecs, request, device)
+    rows = generate(model, request, device)
     out = Path(args.out)
     record = write_generation(rows, request, out, str(args.checkpoint), model.config.diffusion, append=args.append)
     mode = "jointly" if request.joint else "independently"

@@ -207,3 +207,29 @@ def test_bad_inputs_are_one_line_exit_2(folders, tmp_path, capsys, argv, message
     assert generate(*argv, "--out", str(tmp_path)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_s3_model_folder(folders, bucket, s3_endpoint, tmp_path, monkeypatch):
+    from common import storage
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    root = f"{bucket}/models/full"
+    for path in folders["full"].rglob("*"):
+        if path.is_file():
+            storage.write_bytes(f"{root}/{path.relative_to(folders['full']).as_posix()}", path.read_bytes())
+    common = ["--input", "text=a red circle", "--output", "image,text", "--seed", "4"]
+    assert generate("--checkpoint", root, *common, "--out", str(tmp_path / "s3")) == 0
+    assert generate("--checkpoint", str(folders["full"]), *common, "--out", str(tmp_path / "local")) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "s3" / "0000.png")),
+                          np.asarray(Image.open(tmp_path / "local" / "0000.png")))
+    assert read_samples(tmp_path / "s3")[0]["outputs"] == {"image": "0000.png", "text": "0000.txt"}
+
+
+def test_any_to_any_flags_on_a_text_to_image_checkpoint_are_refused(tmp_path, capsys):
+    from models.text_to_image import TextToImageDiffuser
+    from training.recipes import text_to_image_demo_debug
+
+    checkpoint = TextToImageDiffuser(text_to_image_demo_debug().model).save_pretrained(tmp_path / "t2i")
+    assert cli.main(["generate", "--checkpoint", str(checkpoint), "--input", "text=x", "--output", "audio"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "text-to-image checkpoint" in err, err
