@@ -20,12 +20,13 @@ import torch
 from PIL import Image
 
 from codiray import cli
-from codiray.evaluate import read_samples
+from codiray.evaluate import evaluate, read_samples
 from models.codecs import Codecs
 from models.codecs_config import debug
 from models.codi import CoDi, CoDiConfig, UNetSpec
 from models.codi.sampling import sample_joint, table12_guidance
-from models.diffusion import SamplingConfig
+from common.errors import UsageError
+from models.diffusion import Guidance, SamplingConfig
 from pipelines.toyworld_media import write_audio
 from pipelines.toyworld_probes import read_audio, read_video
 
@@ -144,6 +145,9 @@ def test_text_and_audio_to_image_audio_text(folders, tmp_path):
     assert all(np.abs(w - e).max() < 2 / 32768 + 1e-6 for (w, _), e in zip(waves, expected_waves))
     assert min(float(np.abs(w).max()) for w, _ in waves) > 0.01  # audible: the comparison has teeth
     assert not np.array_equal(images[0], images[1])  # two seeds, two samples
+    # `codiray eval` reads the folder end to end (its probes decode every file and the input WAV).
+    metrics = evaluate(out)
+    assert metrics["tasks"]["text+audio->image+audio+text"]["n"] == 2
 
 
 def test_independent_routes_each_output_alone(folders, tmp_path):
@@ -233,3 +237,33 @@ def test_any_to_any_flags_on_a_text_to_image_checkpoint_are_refused(tmp_path, ca
     assert cli.main(["generate", "--checkpoint", str(checkpoint), "--input", "text=x", "--output", "audio"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "text-to-image checkpoint" in err, err
+
+
+def parse(*argv):
+    import argparse
+
+    from training import generate as t2i
+
+    parser = argparse.ArgumentParser()
+    t2i.register(parser.add_subparsers())
+    return parser.parse_args(["generate", "--checkpoint", "x", *argv])
+
+
+def test_guidance_flags_per_modality_and_conventions():
+    from training.generate_codi import request_from_args
+
+    base = ["--input", "text=x", "--output", "image,audio,text"]
+    table12 = request_from_args(parse(*base))
+    assert table12.guidance == {} and table12.joint and table12.sampling.eta == 1.0
+    one = request_from_args(parse(*base, "--guidance", "audio=3"))
+    assert one.guidance == {"audio": Guidance(3.0, "scale")}  # the others keep Table 12 (filled at sampling)
+    every = request_from_args(parse(*base, "--guidance-weight", "4", "--guidance", "text=1.5"))
+    assert every.guidance == {"image": Guidance(4.0, "imagen"), "audio": Guidance(4.0, "imagen"),
+                              "text": Guidance(1.5, "scale")}
+    assert request_from_args(parse(*base, "--independent")).joint is False
+    with pytest.raises(UsageError, match="not a requested --output"):
+        request_from_args(parse(*base, "--guidance", "video=2"))
+    with pytest.raises(UsageError, match="not a number"):
+        request_from_args(parse(*base, "--weight", "text=heavy"))
+    with pytest.raises(SystemExit):
+        parse(*base, "--joint", "--independent")
