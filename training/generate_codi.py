@@ -129,7 +129,7 @@ def as_batch(modality: str, data, device) -> object:
     """One prompt as a batch of one in ``Codecs.condition``'s layout."""
     if modality == "text":
         return [data]
-    return torch.as_tensor(np.ascontiguousarray(data), device=device)[None]
+    return torch.from_numpy(np.array(data)).to(device)[None]  # a copy: PIL arrays are read-only
 
 
 @torch.no_grad()

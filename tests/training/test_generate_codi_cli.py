@@ -192,6 +192,26 @@ def test_append_accumulates_samples(folders, tmp_path):
     assert [s["inputs"]["text"] for s in record["samples"]] == ["a red circle", "a blue square"]
     assert [s["outputs"]["text"] for s in record["samples"]] == ["0000.txt", "0001.txt"]
     assert len(record["runs"]) == 2 and len(read_samples(out)) == 2
+    # Every --prompt is its own input set, sampled in one batch.
+    generate(*common, "--prompt", "a red circle", "--prompt", "a blue square", "--append")
+    record = json.loads((out / "generation.json").read_text())
+    assert [s["inputs"] for s in record["samples"][2:]] == [{"text": "a red circle"}, {"text": "a blue square"}]
+    assert [s["seed"] for s in record["samples"][2:]] == [0, 1]
+
+
+def test_image_and_video_inputs(folders, tmp_path):
+    from pipelines.toyworld_media import write_video
+
+    png = tmp_path / "in.png"
+    Image.fromarray(np.tile(np.array([200, 30, 30], np.uint8), (24, 24, 1))).save(png)
+    mp4 = write_video(tmp_path / "in.mp4", seconds=1.0, fps=8, size=(32, 24), audio_codec=None)
+    out = tmp_path / "iv"
+    assert generate("--checkpoint", str(folders["full"]), "--input", f"image={png}", "--input", f"video={mp4}",
+                    "--weight", "video=3", "--output", "text", "--frames", "4", "--out", str(out)) == 0
+    sample = read_samples(out)[0]
+    assert sample["task"] == "image+video->text" and sample["weights"] == {"image": 1.0, "video": 3.0}
+    assert np.array_equal(np.asarray(Image.open(out / sample["inputs"]["image"])), np.asarray(Image.open(png)))
+    assert (out / sample["inputs"]["video"]).read_bytes() == mp4.read_bytes()
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -199,6 +219,7 @@ def test_append_accumulates_samples(folders, tmp_path):
     (["--input", "text=x", "--output", "image,smell"], "--output smell: unknown modality"),
     (["--input", "audio={bad}", "--output", "image"], "broken.wav: cannot read audio"),
     (["--input", "image=/nonexistent.png", "--output", "image"], "file not found"),
+    (["--input", "video={bad}", "--output", "text"], "broken.wav: cannot read video"),
     (["--input", "text=x", "--weight", "audio=2", "--output", "image"], "no audio input is given"),
     (["--input", "text=x", "--output", "image,video"], "share one UNet"),
     (["--checkpoint", "{no_text}", "--input", "text=x", "--output", "text"], "no text UNet"),
