@@ -172,11 +172,12 @@ def register(subparsers) -> None:
     joint.add_argument("--independent", dest="independent", action="store_true", default=False,
                        help="sample each output alone (its UNet alone)")
     codi.add_argument("--joint-context", choices=("paper", "released"), default="paper",
-                      help="what joint cross-attention reads: the other outputs (CoDi Eq. 3) or its own (released code)")
+                      help="what joint cross-attention reads: the other outputs (CoDi Eq. 3) "
+                           "or its own (released code)")
     codi.add_argument("--size", type=int, default=512, help="image/video side in pixels (CoDi: 64x64 latents)")
     codi.add_argument("--frames", type=int, default=8, help="video frames generated (and read from a video input)")
     codi.add_argument("--fps", type=float, default=4.0, help="frame rate of written MP4s (CoDi trains at 4 FPS)")
-    codi.add_argument("--batch-size", type=int, default=8, help="rows sampled at once (results do not depend on it)")
+    codi.add_argument("--batch-size", type=int, default=8, help="rows sampled at once (each row keeps its own seed)")
     codi.add_argument("--append", action="store_true",
                       help="add to an existing generation.json in --out instead of replacing it")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps (CoDi: 50)")

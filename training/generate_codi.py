@@ -185,9 +185,11 @@ def generate(model: CoDi, request: Request, device: torch.device) -> list[dict]:
 
 
 def decode(codecs: Codecs, modality: str, latent: torch.Tensor):
+    """Latents -> a list of strings (text), float32 waveforms (audio) or uint8 arrays (image, video)."""
     data = codecs.decode(modality, latent)
-    return list(data) if modality == "text" else data.detach().float().cpu().numpy() if modality == "audio" \
-        else data.detach().cpu().numpy()
+    if modality == "text":
+        return list(data)
+    return data.detach().float().cpu().numpy() if modality == "audio" else data.detach().cpu().numpy()
 
 
 # ---- writing ----------------------------------------------------------------------------------------

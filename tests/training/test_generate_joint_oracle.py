@@ -13,7 +13,6 @@ guidance x̃_m = (1 + w_m) x̂_m(c) − w_m x̂_m(u)), with α_t, σ_t from SD's
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import numpy as np
 import pytest
