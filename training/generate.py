@@ -1,11 +1,14 @@
-"""`codiray generate`: load a trained checkpoint and write PNGs for prompts.
+"""`codiray generate`: sample from a trained checkpoint — text-to-image, or any-to-any with a CoDi model.
 
     codiray generate --checkpoint outputs/runs/t2i-demo --prompt "a red circle on the left" --out samples/
+    codiray generate --checkpoint codi-folder --input text="a red circle moving left" --input audio=a.wav \
+        --weight text=1 --weight audio=2 --output video,audio --out samples/
 
-``--checkpoint`` is a checkpoint folder (holding model.safetensors) or a run folder, in which case
-the checkpoint with the highest step is used. Sampling is DDIM (CoDi: 50 steps, η = 1) with
-classifier-free guidance, both from the shared diffusion core; ``sample_x0`` is the whole sampling
-path and takes any model with the UNet's call signature ``model(z_t, t, context)``.
+``--checkpoint`` is a text-to-image checkpoint folder (holding model.safetensors) or run folder (the
+checkpoint with the highest step is used), or a CoDi model folder (codi_config.json + codecs/, local
+or s3://), which takes the any-to-any path of ``training.generate_codi``. Sampling is DDIM (CoDi: 50
+steps, η = 1) with classifier-free guidance, both from the shared diffusion core; ``sample_x0`` is the
+whole text-to-image sampling path and takes any model with the UNet's call signature ``model(z_t, t, context)``.
 """
 
 from __future__ import annotations
@@ -148,17 +151,41 @@ def write_samples(images: np.ndarray, prompts: list[str], out: Path) -> list[Pat
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "generate", help="load a checkpoint and write PNGs for prompts",
+        "generate", help="sample from a checkpoint: text-to-image PNGs, or any-to-any with a CoDi model",
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint or run folder (local or s3://)")
-    parser.add_argument("--prompt", action="append", required=True, help="text prompt (repeatable)")
-    parser.add_argument("--out", default="samples", help="folder for the PNGs")
-    parser.add_argument("--num-per-prompt", type=int, default=1)
+    parser.add_argument("--checkpoint", required=True,
+                        help="text-to-image checkpoint or run folder, or CoDi model folder (local or s3://)")
+    parser.add_argument("--prompt", action="append", help="text prompt (repeatable; with CoDi: one input set each)")
+    parser.add_argument("--out", default="samples", help="folder for the outputs and generation.json")
+    parser.add_argument("--num-per-prompt", type=int, default=1, help="samples per prompt / input set")
+    codi = parser.add_argument_group("any-to-any (CoDi model folder)")
+    codi.add_argument("--input", action="append", metavar="MODALITY=VALUE",
+                      help="a prompt: text=STRING, image=PNG, audio=WAV, video=MP4 (repeatable, one of each)")
+    codi.add_argument("--weight", action="append", metavar="MODALITY=W",
+                      help="composition weight of an input (CoDi Eq. 4; normalised to sum 1) [default: 1 each]")
+    codi.add_argument("--output", help="comma-separated outputs: image|video, audio, text [default: image]")
+    codi.add_argument("--guidance", action="append", metavar="MODALITY=S",
+                      help="guidance scale of one output (CoDi Table 12: image/video 2.0, audio 7.5, text 2.0)")
+    joint = codi.add_mutually_exclusive_group()
+    joint.add_argument("--joint", dest="independent", action="store_false", default=False,
+                       help="sample all outputs together, one CoDi forward per step (the default)")
+    joint.add_argument("--independent", dest="independent", action="store_true", default=False,
+                       help="sample each output alone (its UNet alone)")
+    codi.add_argument("--joint-context", choices=("paper", "released"), default="paper",
+                      help="what joint cross-attention reads: the other outputs (CoDi Eq. 3) "
+                           "or its own (released code)")
+    codi.add_argument("--size", type=int, default=512, help="image/video side in pixels (CoDi: 64x64 latents)")
+    codi.add_argument("--frames", type=int, default=8, help="video frames generated (and read from a video input)")
+    codi.add_argument("--fps", type=float, default=4.0, help="frame rate of written MP4s (CoDi trains at 4 FPS)")
+    codi.add_argument("--batch-size", type=int, default=8, help="rows sampled at once (each row keeps its own seed)")
+    codi.add_argument("--append", action="store_true",
+                      help="add to an existing generation.json in --out instead of replacing it")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps (CoDi: 50)")
     parser.add_argument("--eta", type=float, default=1.0, help="DDIM η (CoDi: 1.0)")
     strength = parser.add_mutually_exclusive_group()
     strength.add_argument("--guidance-scale", type=float, default=None,
-                          help="CoDi / SD scale s in s·cond + (1−s)·uncond (s = 1: unguided) [default: 3.0]")
+                          help="CoDi / SD scale s in s·cond + (1−s)·uncond (s = 1: unguided) "
+                               "[default: 3.0 text-to-image; CoDi Table 12 per output]")
     strength.add_argument("--guidance-weight", type=float, default=None,
                           help="Imagen Video's w in (1+w)·cond − w·uncond (w = 0: unguided; w = s − 1)")
     parser.add_argument("--guidance-low", type=float, default=None,
@@ -191,7 +218,21 @@ def sampling_from_args(args) -> SamplingConfig:
         raise UsageError(f"generate: {err}") from None
 
 
+CODI_ONLY = ("input", "weight", "output", "guidance")
+
+
 def run(args) -> int:
+    from training import generate_codi  # the any-to-any path (CoDi model folders)
+
+    if generate_codi.is_codi_folder(args.checkpoint):
+        return generate_codi.run(args)
+    given = [f"--{name}" for name in CODI_ONLY if getattr(args, name, None)] + (
+        ["--independent"] if getattr(args, "independent", False) else [])
+    if given:
+        raise UsageError(f"{given[0]}: {args.checkpoint} is a text-to-image checkpoint (no codi_config.json); "
+                         "any-to-any flags need a CoDi model folder")
+    if not args.prompt:
+        raise UsageError("generate: give at least one --prompt")
     if args.num_per_prompt < 1:
         raise UsageError("--num-per-prompt must be >= 1")
     sampling = sampling_from_args(args)
