@@ -88,7 +88,8 @@ class CoDiConfig:
     image: Optional[UNetSpec] = None
     audio: Optional[UNetSpec] = None
     text: Optional[UNetSpec] = None
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    # CoDi diffuses VAE latents: x̂ is never clipped to the pixel range (see resolve_x0_clip).
+    diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(data_space="latent"))
     gradient_checkpointing: bool = False
 
     def __post_init__(self):

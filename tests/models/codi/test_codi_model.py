@@ -183,3 +183,13 @@ def test_gradient_checkpointing_gives_the_same_gradients(joint_model):
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 100
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_codi_diffuses_latents_so_x0_is_never_clipped():
+    from models.diffusion.config import SamplingConfig, resolve_x0_clip
+
+    from models.codi import CoDiConfig
+
+    cfg = CoDiConfig.released()
+    assert cfg.diffusion.data_space == "latent"
+    assert resolve_x0_clip(cfg.diffusion, SamplingConfig().clip_x0) is None
