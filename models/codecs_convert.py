@@ -28,8 +28,8 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
 from common.errors import CodirayError
 from common.melspec import AUDIOLDM, MelSpec, mel_basis
-from models.codecs_config import (AudioConfig, BertConfigLite, ClapConfig, ClipConfig, CodecsConfig,
-                                  GPT2ConfigLite, KLVAEConfig, OptimusConfig, VocoderConfig)
+from models.codecs_config import (PIECES, AudioConfig, BertConfigLite, ClapConfig, ClipConfig, CodecsConfig,
+                                  GPT2ConfigLite, KLVAEConfig, OptimusConfig, VocoderConfig, only)
 
 PREFIXES = ("autokl.", "audioldm.", "optimus.", "clip.model.", "clap.model.")
 LDM_NORM_GROUPS = 32          # LDM's Normalize() is GroupNorm(32)
@@ -294,15 +294,19 @@ def convert_codi_codecs(state: Mapping[str, torch.Tensor], base: CodecsConfig | 
     """Place every ``autokl./audioldm./optimus./clip.model./clap.model.`` tensor of a CoDi checkpoint.
 
     Returns the conversion (config inferred from shapes on top of ``base``: tokenizer paths, scales and
-    flags come from ``base``) and the tensors outside these prefixes, for the caller to place."""
+    flags come from ``base``; a piece the checkpoint does not carry is absent — ``None`` — in the config,
+    never a randomly initialised stand-in) and the tensors outside these prefixes, for the caller to place."""
     base = base or CodecsConfig()
-    cfg = dataclasses.replace(base)
+    defaults = CodecsConfig()
+    b = {name: getattr(base, name) or getattr(defaults, name) for name in PIECES}   # per-piece bases
+    cfg = only()
+    cfg.sample_rate = base.sample_rate
     out = Conversion(config=cfg, state={})
     rest = {k: v for k, v in state.items() if not k.startswith(PREFIXES)}
 
     autokl = _sub(state, "autokl.")
     if autokl:
-        cfg.image, vae = kl_vae_from_ldm(autokl, "autokl.", scale=base.image.scale, trainable=base.image.trainable)
+        cfg.image, vae = kl_vae_from_ldm(autokl, "autokl.", scale=b["image"].scale, trainable=b["image"].trainable)
         out.state.update({f"image.vae.{k}": v for k, v in vae.items()})
 
     audioldm = _sub(state, "audioldm.")
@@ -312,11 +316,11 @@ def convert_codi_codecs(state: Mapping[str, torch.Tensor], base: CodecsConfig | 
         if stray:
             raise ConversionError(f"audioldm.{stray[0]}: cannot place this tensor ({len(stray)} unplaced)")
         ldm = {k: v for k, v in audioldm.items() if not k.startswith(("vocoder.", "fn_STFT."))}
-        vae_cfg, vae = kl_vae_from_ldm(ldm, "audioldm.", scale=base.audio.vae.scale,
-                                       trainable=base.audio.vae.trainable)
+        vae_cfg, vae = kl_vae_from_ldm(ldm, "audioldm.", scale=b["audio"].vae.scale,
+                                       trainable=b["audio"].vae.trainable)
         voc_cfg, voc = vocoder_from_hifigan(_sub(audioldm, "vocoder."), "audioldm.vocoder.",
-                                           dataclasses.replace(base.audio.vocoder, pretrained=None))
-        cfg.audio = AudioConfig(vae=vae_cfg, vocoder=voc_cfg, frames=base.audio.frames, peak=base.audio.peak)
+                                           dataclasses.replace(b["audio"].vocoder, pretrained=None))
+        cfg.audio = AudioConfig(vae=vae_cfg, vocoder=voc_cfg, frames=b["audio"].frames, peak=b["audio"].peak)
         out.state.update({f"audio.vae.{k}": v for k, v in vae.items()})
         out.state.update({f"audio.vocoder.{k}": v for k, v in voc.items()})
         for k, v in _sub(audioldm, "fn_STFT.").items():
@@ -330,7 +334,7 @@ def convert_codi_codecs(state: Mapping[str, torch.Tensor], base: CodecsConfig | 
     if stray:
         raise ConversionError(f"{stray[0]}: cannot place this tensor ({len(stray)} unplaced under optimus.)")
     if enc or dec:
-        cfg.text, text_state = optimus_from_codi(enc, dec, out, base.text)
+        cfg.text, text_state = optimus_from_codi(enc, dec, out, b["text"])
         out.state.update(text_state)
 
     clip = _sub(state, "clip.model.")
@@ -340,7 +344,7 @@ def convert_codi_codecs(state: Mapping[str, torch.Tensor], base: CodecsConfig | 
                               f"({len(temporal)} tensors) is not implemented; codiray conditions on video by "
                               "averaging per-frame hidden states")
     if clip:
-        cfg.clip = clip_config_from_hf(clip, base.clip)
+        cfg.clip = clip_config_from_hf(clip, b["clip"])
         out.state.update(_library_part(clip, "clip.model", out, "clip.model."))
     clap = _sub(state, "clap.model.")
     if any(k.startswith("audio_branch.") for k in clap):
@@ -348,7 +352,7 @@ def convert_codi_codecs(state: Mapping[str, torch.Tensor], base: CodecsConfig | 
                               "transformers' ClapAudioModelWithProjection layout (audio_model.*, "
                               "audio_projection.linear1/linear2) first")
     if clap:
-        cfg.clap = clap_config_from_hf(clap, base.clap)
+        cfg.clap = clap_config_from_hf(clap, b["clap"])
         out.state.update(_library_part(clap, "clap.model", out, "clap.model."))
     _check_against_codecs(out, {"autokl.": "image.", "audioldm.": "audio.", "optimus.": "text.",
                                 "clip.model.": "clip.", "clap.model.": "clap."}, state)
@@ -381,8 +385,8 @@ def _check_against_codecs(out: Conversion, pieces: dict[str, str], source: Mappi
 
 
 def load_into(codecs, conversion: Conversion) -> None:
-    """Load a conversion into a ``Codecs`` built from ``conversion.config``; unplaced model keys are errors
-    (except the pieces the checkpoint did not carry at all, which keep their initialisation)."""
+    """Load a conversion into a ``Codecs`` built from ``conversion.config`` (whose pieces are exactly those
+    the checkpoint carries); a converted tensor with no place is an error."""
     own = codecs.state_dict()
     for k, v in conversion.state.items():
         if k not in own:
@@ -430,3 +434,16 @@ def image_vae_from_path(path: str | Path, base: KLVAEConfig = KLVAEConfig()) -> 
             state = _sub(state, prefix)
             break
     return kl_vae_from_ldm(state, f"{path}: ", scale=base.scale, trainable=base.trainable)
+
+
+def image_only_codecs(path: str | Path, base: KLVAEConfig = KLVAEConfig()):
+    """``convert sd --vae PATH``: a ``Codecs`` holding only the image VAE (every other piece absent)."""
+    from models.codecs import Codecs
+
+    cfg, state = image_vae_from_path(path, base)
+    codecs = Codecs(only(image=cfg))
+    load_into(codecs, Conversion(config=codecs.cfg, state={f"image.vae.{k}": v for k, v in state.items()}))
+    missing = sorted(set(codecs.state_dict()) - {f"image.vae.{k}" for k in state})
+    if missing:
+        raise ConversionError(f"{path}: no tensor for {missing[0]} ({len(missing)} VAE tensors missing)")
+    return codecs
