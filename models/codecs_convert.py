@@ -6,8 +6,10 @@ Source layouts (CoDi's checkpoint keys):
     audioldm.vocoder.*                         HiFi-GAN generator, plain weights (weight norm removed)
     audioldm.fn_STFT.*                         STFT/mel bases: derived, compared with common/melspec.py
     optimus.encoder.*   BERT (embeddings/encoder/pooler) + linear;  optimus.decoder.*  GPT-2 + linear(_emb)
-    clip.model.*                               transformers CLIPModel layout
-    clap.model.*                               transformers ClapAudioModelWithProjection layout
+    clip.model.*                               transformers CLIPModel layout (+ CoDi's temporal_self_attn)
+    clap.model.*                               LAION-CLAP (audio_branch.* HTSAT, audio_projection.{0,2}, and
+                                               unused text_branch.*, logit_scale_*, ...) or transformers'
+                                               ClapAudioModelWithProjection layout
 Sizes are inferred from tensor shapes. A tensor under these prefixes that cannot be placed is an error
 naming it; derived constants (``position_ids``, causal-mask buffers, STFT bases, tied heads) are
 compared with what codiray computes and a mismatch is reported, never loaded.
@@ -50,6 +52,7 @@ class Conversion:
     derived_ok: list[str] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
     origin: dict[str, str] = field(default_factory=dict)     # Codecs key -> checkpoint key
+    ignored: dict[str, str] = field(default_factory=dict)    # checkpoint key -> why it is not needed
 
 
 def _sub(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -287,6 +290,80 @@ def _library_part(src: Mapping[str, torch.Tensor], target: str, out: Conversion,
     return state
 
 
+# ---- LAION-CLAP (HTSAT) -> transformers ClapAudioModelWithProjection ------------------------------------
+# transformers' CLAP was converted from LAION-CLAP (convert_clap_original_pytorch_to_hf.py); these renames
+# follow that script's table for the audio branch. Inside a Swin block (``layers.i.blocks.j.``):
+LAION_BLOCK_RENAMES = (("norm1.", "layernorm_before."), ("norm2.", "layernorm_after."),
+                       ("attn.proj.", "attention.output.dense."),
+                       ("attn.relative_position_bias_table", "attention.self.relative_position_bias_table"),
+                       ("attn.relative_position_index", "attention.self.relative_position_index"),
+                       ("mlp.fc1.", "intermediate.dense."), ("mlp.fc2.", "output.dense."))
+# Outside the blocks (names kept unless listed): patch_embed.*, layers.i.downsample.*, norm.*
+LAION_TOP_RENAMES = (("bn0.", "batch_norm."),)
+LAION_KEPT = re.compile(r"^(patch_embed\.(proj|norm)\.|layers\.\d+\.downsample\.(reduction|norm)\.|norm\.)")
+LAION_QKV = re.compile(r"^(layers\.\d+\.blocks\.\d+\.)attn\.qkv\.(weight|bias)$")
+LAION_BLOCK = re.compile(r"^(layers\.\d+\.blocks\.\d+\.)(.+)$")
+LAION_PROJECTION = {"audio_projection.0.": "audio_projection.linear1.", "audio_projection.2.": "audio_projection.linear2."}
+# LAION-CLAP tensors CoDi's audio conditioning never reads (normalize(audio_projection(HTSAT(x)["embedding"]))):
+LAION_IGNORED = (
+    (r"text_branch\..+", "LAION-CLAP's RoBERTa text tower (CoDi conditions text through CLIP)"),
+    (r"(text_projection|text_transform|audio_transform)\..+", "contrastive-training heads, not on the audio "
+                                                               "embedding path"),
+    (r"logit_scale_[at]", "contrastive temperature"),
+    (r"audio_branch\.(spectrogram_extractor|logmel_extractor)\..+", "STFT/mel filter buffers: the log-mel comes "
+                                                                     "from transformers' ClapFeatureExtractor"),
+    (r"audio_branch\.layers\.\d+\.blocks\.\d+\.attn_mask", "shifted-window mask, recomputed by transformers"),
+    (r"audio_branch\.(tscam_conv|head)\..+", "HTSAT's sound-event classifier, not on the embedding path"),
+)
+
+
+def _laion_audio_key(k: str) -> str | None:
+    """One ``audio_branch.``-relative LAION key -> its transformers ``audio_model.audio_encoder.`` key."""
+    if m := LAION_BLOCK.match(k):
+        for old, new in LAION_BLOCK_RENAMES:
+            if m.group(2).startswith(old):
+                return "audio_model.audio_encoder." + m.group(1) + new + m.group(2)[len(old):]
+        return None
+    for old, new in LAION_TOP_RENAMES:
+        if k.startswith(old):
+            return "audio_model.audio_encoder." + new + k[len(old):]
+    return "audio_model.audio_encoder." + k if LAION_KEPT.match(k) else None
+
+
+def clap_from_laion(clap: Mapping[str, torch.Tensor], out: Conversion, where: str = "clap.model."
+                    ) -> dict[str, torch.Tensor]:
+    """LAION-CLAP keys (``audio_branch.*``, ``audio_projection.{0,2}.*``, ...) -> transformers
+    ``ClapAudioModelWithProjection`` keys; fused ``attn.qkv`` is split into query/key/value. Tensors CoDi's
+    audio embedding never reads are recorded in ``out.ignored`` by name with the reason; anything else
+    that cannot be placed is an error naming it."""
+    hf: dict[str, torch.Tensor] = {}
+    ignored = [(re.compile(p), why) for p, why in LAION_IGNORED]
+    for k, v in clap.items():
+        reason = next((why for rx, why in ignored if rx.fullmatch(k)), None)
+        if reason is not None:
+            out.ignored[where + k] = reason
+            continue
+        if k.startswith("audio_branch.") and (m := LAION_QKV.match(k[len("audio_branch."):])):
+            if v.shape[0] % 3:
+                raise ConversionError(f"{where}{k}: fused qkv with {v.shape[0]} rows (not divisible by 3)")
+            for part, t in zip(("query", "key", "value"), v.chunk(3, dim=0)):
+                target = f"audio_model.audio_encoder.{m.group(1)}attention.self.{part}.{m.group(2)}"
+                hf[target], out.origin[f"clap.model.{target}"] = t, where + k
+            continue
+        target = None
+        if k.startswith("audio_branch."):
+            target = _laion_audio_key(k[len("audio_branch."):])
+        else:
+            prefix = next((p for p in LAION_PROJECTION if k.startswith(p)), None)
+            if prefix is not None:
+                target = LAION_PROJECTION[prefix] + k[len(prefix):]
+        if target is None:
+            raise ConversionError(f"{where}{k}: LAION-CLAP tensor with no place in ClapAudioModelWithProjection "
+                                  "and not on the list of tensors CoDi's audio conditioning ignores")
+        hf[target], out.origin[f"clap.model.{target}"] = v, where + k
+    return hf
+
+
 # ---- the whole CoDi checkpoint -----------------------------------------------------------------------
 
 def convert_codi_codecs(state: Mapping[str, torch.Tensor], base: CodecsConfig | None = None
@@ -347,11 +424,11 @@ def convert_codi_codecs(state: Mapping[str, torch.Tensor], base: CodecsConfig | 
         cfg.clip = clip_config_from_hf(clip, b["clip"])
         out.state.update(_library_part(clip, "clip.model", out, "clip.model."))
     clap = _sub(state, "clap.model.")
-    if any(k.startswith("audio_branch.") for k in clap):
-        raise ConversionError("clap.model.audio_branch.*: LAION-CLAP layout is not supported; convert it to "
-                              "transformers' ClapAudioModelWithProjection layout (audio_model.*, "
-                              "audio_projection.linear1/linear2) first")
-    if clap:
+    if any(k.startswith("audio_branch.") for k in clap):      # LAION-CLAP's own layout, as CoDi releases it
+        hf = clap_from_laion(clap, out)
+        cfg.clap = clap_config_from_hf(hf, b["clap"])
+        out.state.update({f"clap.model.{k}": v for k, v in hf.items()})
+    elif clap:                                                # transformers' layout
         cfg.clap = clap_config_from_hf(clap, b["clap"])
         out.state.update(_library_part(clap, "clap.model", out, "clap.model."))
     _check_against_codecs(out, {"autokl.": "image.", "audioldm.": "audio.", "optimus.": "text.",
