@@ -109,6 +109,7 @@ class ClipConfig:
     image_size: int = 224
     patch_size: int = 14
     projection_dim: int = CONTEXT_DIM
+    temporal: bool = False                  # CoDi's temporal attention in every vision layer (video prompts)
     tokenizer: str | None = None            # a local CLIPTokenizer dir
     trainable: bool = False
     pretrained: str | None = None
@@ -164,8 +165,9 @@ def only(**pieces) -> CodecsConfig:
 
 
 def released() -> CodecsConfig:
-    """The released CoDi sizes (tokenizer directories must still be set to local copies)."""
-    return CodecsConfig()
+    """The released CoDi sizes (tokenizer directories must still be set to local copies); its CLIP carries
+    the temporal attention layers of CoDi's video prompt encoder."""
+    return CodecsConfig(clip=ClipConfig(temporal=True))
 
 
 def debug() -> CodecsConfig:

@@ -290,6 +290,28 @@ def _library_part(src: Mapping[str, torch.Tensor], target: str, out: Conversion,
     return state
 
 
+# CoDi's temporal attention in the CLIP vision tower (models/encoders/clip_temporal.py)
+TEMPORAL_KEY = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.temporal_self_attn\.(.+)$")
+TEMPORAL_UNUSED = {"temporal_attn.pos_embeds": "frame-position embedding, added only when a frame rate is "
+                                               "passed (CoDi's video prompt path never passes one)",
+                   "temporal_attn.frame_rate_embeds": "frame-rate embedding, never read by the released forward"}
+
+
+def clip_temporal_from_codi(temporal: Mapping[str, torch.Tensor], out: Conversion) -> dict[str, torch.Tensor]:
+    """``clip.model.vision_model.encoder.layers.i.temporal_self_attn.*`` -> ``clip.temporal.i.*``."""
+    state = {}
+    for k, v in temporal.items():
+        m = TEMPORAL_KEY.match(k)
+        if m is None:
+            raise ConversionError(f"clip.model.{k}: temporal attention outside the vision tower's layers")
+        if m.group(2) in TEMPORAL_UNUSED:
+            out.ignored["clip.model." + k] = TEMPORAL_UNUSED[m.group(2)]
+            continue
+        target = f"clip.temporal.{m.group(1)}.{m.group(2)}"
+        state[target], out.origin[target] = v, "clip.model." + k
+    return state
+
+
 # ---- LAION-CLAP (HTSAT) -> transformers ClapAudioModelWithProjection ------------------------------------
 # transformers' CLAP was converted from LAION-CLAP (convert_clap_original_pytorch_to_hf.py); these renames
 # follow that script's table for the audio branch. Inside a Swin block (``layers.i.blocks.j.``):
@@ -415,14 +437,14 @@ def convert_codi_codecs(state: Mapping[str, torch.Tensor], base: CodecsConfig | 
         out.state.update(text_state)
 
     clip = _sub(state, "clip.model.")
-    temporal = sorted(k for k in clip if ".temporal_self_attn." in k)
-    if temporal:
-        raise ConversionError(f"clip.model.{temporal[0]}: CoDi's temporal attention inside the CLIP vision tower "
-                              f"({len(temporal)} tensors) is not implemented; codiray conditions on video by "
-                              "averaging per-frame hidden states")
+    temporal = {k: v for k, v in clip.items() if ".temporal_self_attn." in k}
+    clip = {k: v for k, v in clip.items() if k not in temporal}
+    if temporal and not clip:
+        raise ConversionError(f"clip.model.{min(temporal)}: temporal attention without the CLIP model it sits in")
     if clip:
-        cfg.clip = clip_config_from_hf(clip, b["clip"])
+        cfg.clip = dataclasses.replace(clip_config_from_hf(clip, b["clip"]), temporal=bool(temporal))
         out.state.update(_library_part(clip, "clip.model", out, "clip.model."))
+        out.state.update(clip_temporal_from_codi(temporal, out))
     clap = _sub(state, "clap.model.")
     if any(k.startswith("audio_branch.") for k in clap):      # LAION-CLAP's own layout, as CoDi releases it
         hf = clap_from_laion(clap, out)
