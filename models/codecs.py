@@ -6,7 +6,8 @@
 Data layouts: image uint8 (b, h, w, 3); video uint8 (b, f, h, w, 3); audio float32 (b, n) at 16 kHz;
 text list[str]. Latents: image (b, 4, h/8, w/8); video (b, 4, f, h/8, w/8); audio (b, 8, frames/4, 16);
 text (b, 768). ``save_pretrained``/``from_pretrained`` write/read config.json + model.safetensors
-(+ tokenizers/ copies), nothing else.
+(+ tokenizers/ copies), nothing else. Every piece is optional (``None`` in the config = absent: not built,
+not saved, and a verb that needs it raises one ``UsageError`` naming the piece and the modality).
 """
 
 from __future__ import annotations
