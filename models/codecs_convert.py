@@ -313,76 +313,20 @@ def clip_temporal_from_codi(temporal: Mapping[str, torch.Tensor], out: Conversio
 
 
 # ---- LAION-CLAP (HTSAT) -> transformers ClapAudioModelWithProjection ------------------------------------
-# transformers' CLAP was converted from LAION-CLAP (convert_clap_original_pytorch_to_hf.py); these renames
-# follow that script's table for the audio branch. Inside a Swin block (``layers.i.blocks.j.``):
-LAION_BLOCK_RENAMES = (("norm1.", "layernorm_before."), ("norm2.", "layernorm_after."),
-                       ("attn.proj.", "attention.output.dense."),
-                       ("attn.relative_position_bias_table", "attention.self.relative_position_bias_table"),
-                       ("attn.relative_position_index", "attention.self.relative_position_index"),
-                       ("mlp.fc1.", "intermediate.dense."), ("mlp.fc2.", "output.dense."))
-# Outside the blocks (names kept unless listed): patch_embed.*, layers.i.downsample.*, norm.*
-LAION_TOP_RENAMES = (("bn0.", "batch_norm."),)
-LAION_KEPT = re.compile(r"^(patch_embed\.(proj|norm)\.|layers\.\d+\.downsample\.(reduction|norm)\.|norm\.)")
-LAION_QKV = re.compile(r"^(layers\.\d+\.blocks\.\d+\.)attn\.qkv\.(weight|bias)$")
-LAION_BLOCK = re.compile(r"^(layers\.\d+\.blocks\.\d+\.)(.+)$")
-LAION_PROJECTION = {"audio_projection.0.": "audio_projection.linear1.", "audio_projection.2.": "audio_projection.linear2."}
-# LAION-CLAP tensors CoDi's audio conditioning never reads (normalize(audio_projection(HTSAT(x)["embedding"]))):
-LAION_IGNORED = (
-    (r"text_branch\..+", "LAION-CLAP's RoBERTa text tower (CoDi conditions text through CLIP)"),
-    (r"(text_projection|text_transform|audio_transform)\..+", "contrastive-training heads, not on the audio "
-                                                               "embedding path"),
-    (r"logit_scale_[at]", "contrastive temperature"),
-    (r"audio_branch\.(spectrogram_extractor|logmel_extractor)\..+", "STFT/mel filter buffers: the log-mel comes "
-                                                                     "from transformers' ClapFeatureExtractor"),
-    (r"audio_branch\.layers\.\d+\.blocks\.\d+\.attn_mask", "shifted-window mask, recomputed by transformers"),
-    (r"audio_branch\.(tscam_conv|head)\..+", "HTSAT's sound-event classifier, not on the embedding path"),
-)
-
-
-def _laion_audio_key(k: str) -> str | None:
-    """One ``audio_branch.``-relative LAION key -> its transformers ``audio_model.audio_encoder.`` key."""
-    if m := LAION_BLOCK.match(k):
-        for old, new in LAION_BLOCK_RENAMES:
-            if m.group(2).startswith(old):
-                return "audio_model.audio_encoder." + m.group(1) + new + m.group(2)[len(old):]
-        return None
-    for old, new in LAION_TOP_RENAMES:
-        if k.startswith(old):
-            return "audio_model.audio_encoder." + new + k[len(old):]
-    return "audio_model.audio_encoder." + k if LAION_KEPT.match(k) else None
-
 
 def clap_from_laion(clap: Mapping[str, torch.Tensor], out: Conversion, where: str = "clap.model."
                     ) -> dict[str, torch.Tensor]:
-    """LAION-CLAP keys (``audio_branch.*``, ``audio_projection.{0,2}.*``, ...) -> transformers
-    ``ClapAudioModelWithProjection`` keys; fused ``attn.qkv`` is split into query/key/value. Tensors CoDi's
-    audio embedding never reads are recorded in ``out.ignored`` by name with the reason; anything else
+    """LAION-CLAP keys -> transformers ``ClapAudioModelWithProjection`` keys (``models.encoders.clap_laion``);
+    tensors CoDi's audio embedding never reads go to ``out.ignored`` with the reason; any other tensor
     that cannot be placed is an error naming it."""
-    hf: dict[str, torch.Tensor] = {}
-    ignored = [(re.compile(p), why) for p, why in LAION_IGNORED]
-    for k, v in clap.items():
-        reason = next((why for rx, why in ignored if rx.fullmatch(k)), None)
-        if reason is not None:
-            out.ignored[where + k] = reason
-            continue
-        if k.startswith("audio_branch.") and (m := LAION_QKV.match(k[len("audio_branch."):])):
-            if v.shape[0] % 3:
-                raise ConversionError(f"{where}{k}: fused qkv with {v.shape[0]} rows (not divisible by 3)")
-            for part, t in zip(("query", "key", "value"), v.chunk(3, dim=0)):
-                target = f"audio_model.audio_encoder.{m.group(1)}attention.self.{part}.{m.group(2)}"
-                hf[target], out.origin[f"clap.model.{target}"] = t, where + k
-            continue
-        target = None
-        if k.startswith("audio_branch."):
-            target = _laion_audio_key(k[len("audio_branch."):])
-        else:
-            prefix = next((p for p in LAION_PROJECTION if k.startswith(p)), None)
-            if prefix is not None:
-                target = LAION_PROJECTION[prefix] + k[len(prefix):]
-        if target is None:
-            raise ConversionError(f"{where}{k}: LAION-CLAP tensor with no place in ClapAudioModelWithProjection "
-                                  "and not on the list of tensors CoDi's audio conditioning ignores")
-        hf[target], out.origin[f"clap.model.{target}"] = v, where + k
+    from models.encoders.clap_laion import laion_to_hf
+
+    hf, origin, ignored, unplaced = laion_to_hf(clap)
+    if unplaced:
+        raise ConversionError(f"{where}{unplaced[0]}: LAION-CLAP tensor with no place in ClapAudioModelWithProjection "
+                              f"and not on the list of tensors CoDi's audio conditioning ignores ({len(unplaced)} such)")
+    out.ignored.update({where + k: why for k, why in ignored.items()})
+    out.origin.update({f"{where}{k}": where + v for k, v in origin.items()})
     return hf
 
 
