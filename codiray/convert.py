@@ -1,7 +1,7 @@
 """`codiray convert`: released weights → a ``CoDi.from_pretrained`` folder (safetensors + config JSON).
 
     codiray convert codi --checkpoint CoDi_video_diffuser_8frames.pth [--checkpoint ...] --out DIR
-    codiray convert sd --unet SD_UNET (diffusers folder, or .safetensors/.ckpt single file) --out DIR
+    codiray convert sd --unet SD_UNET (diffusers folder, or .safetensors/.ckpt single file) [--vae VAE] --out DIR
 
 The work happens in ``models.codi.convert``; this module only parses flags and reports.
 """
@@ -35,6 +35,10 @@ def register(subparsers) -> None:
                          "original single-file checkpoint (model.diffusion_model.*, .safetensors or .ckpt)")
     sd.add_argument("--num-heads", type=int, default=None,
                     help="spatial-transformer heads (default: the diffusers config's, else 8)")
+    sd.add_argument("--vae", metavar="PATH",
+                    help="SD's kl-f8 autoencoder: a diffusers AutoencoderKL folder or an LDM checkpoint file "
+                         "(first_stage_model.*); the model then carries codecs with only the image VAE, so "
+                         "model.encode/decode('image'/'video', ...) work")
     for command in (codi, sd):
         command.add_argument("--out", required=True, metavar="DIR", help="where to write the CoDi model folder")
         command.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written weights")
@@ -60,6 +64,10 @@ def run(args) -> int:
         model, checked, mismatches = conversion.model, conversion.checked, conversion.mismatches
     else:
         model = convert_sd(args.unet, num_heads=args.num_heads, dtype=dtype)
+        if args.vae:
+            from models.codecs_convert import image_only_codecs
+
+            model.codecs = image_only_codecs(args.vae).to(dtype)
     out = model.save_pretrained(args.out)
     for name, unet in model.unets.items():
         spec = unet.spec

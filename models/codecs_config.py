@@ -109,6 +109,7 @@ class ClipConfig:
     image_size: int = 224
     patch_size: int = 14
     projection_dim: int = CONTEXT_DIM
+    temporal: bool = False                  # CoDi's temporal attention in every vision layer (video prompts)
     tokenizer: str | None = None            # a local CLIPTokenizer dir
     trainable: bool = False
     pretrained: str | None = None
@@ -138,17 +139,35 @@ class ClapConfig:
 
 @dataclass
 class CodecsConfig:
-    image: KLVAEConfig = field(default_factory=KLVAEConfig)
-    audio: AudioConfig = field(default_factory=AudioConfig)
-    text: OptimusConfig = field(default_factory=OptimusConfig)
-    clip: ClipConfig = field(default_factory=ClipConfig)
-    clap: ClapConfig = field(default_factory=ClapConfig)
+    """Each piece is optional: ``None`` means the piece is absent (not built, not saved; using it is an
+    error naming it). The defaults are the full release."""
+
+    image: KLVAEConfig | None = field(default_factory=KLVAEConfig)      # image + video latents
+    audio: AudioConfig | None = field(default_factory=AudioConfig)      # audio latents (VAE + vocoder)
+    text: OptimusConfig | None = field(default_factory=OptimusConfig)   # text latents
+    clip: ClipConfig | None = field(default_factory=ClipConfig)         # text/image/video prompts
+    clap: ClapConfig | None = field(default_factory=ClapConfig)         # audio prompts
     sample_rate: int = 16000    # audio in and out of encode/decode
+
+    def present(self) -> list[str]:
+        return [name for name in PIECES if getattr(self, name) is not None]
+
+
+PIECES = ("image", "audio", "text", "clip", "clap")
+
+
+def only(**pieces) -> CodecsConfig:
+    """A config holding just the given pieces, e.g. ``only(image=KLVAEConfig())``; the rest absent."""
+    unknown = sorted(set(pieces) - set(PIECES))
+    if unknown:
+        raise ValueError(f"unknown codecs piece {unknown[0]!r} (pieces: {', '.join(PIECES)})")
+    return CodecsConfig(**{name: pieces.get(name) for name in PIECES})
 
 
 def released() -> CodecsConfig:
-    """The released CoDi sizes (tokenizer directories must still be set to local copies)."""
-    return CodecsConfig()
+    """The released CoDi sizes (tokenizer directories must still be set to local copies); its CLIP carries
+    the temporal attention layers of CoDi's video prompt encoder."""
+    return CodecsConfig(clip=ClipConfig(temporal=True))
 
 
 def debug() -> CodecsConfig:

@@ -6,8 +6,10 @@ Source layouts (CoDi's checkpoint keys):
     audioldm.vocoder.*                         HiFi-GAN generator, plain weights (weight norm removed)
     audioldm.fn_STFT.*                         STFT/mel bases: derived, compared with common/melspec.py
     optimus.encoder.*   BERT (embeddings/encoder/pooler) + linear;  optimus.decoder.*  GPT-2 + linear(_emb)
-    clip.model.*                               transformers CLIPModel layout
-    clap.model.*                               transformers ClapAudioModelWithProjection layout
+    clip.model.*                               transformers CLIPModel layout (+ CoDi's temporal_self_attn)
+    clap.model.*                               LAION-CLAP (audio_branch.* HTSAT, audio_projection.{0,2}, and
+                                               unused text_branch.*, logit_scale_*, ...) or transformers'
+                                               ClapAudioModelWithProjection layout
 Sizes are inferred from tensor shapes. A tensor under these prefixes that cannot be placed is an error
 naming it; derived constants (``position_ids``, causal-mask buffers, STFT bases, tied heads) are
 compared with what codiray computes and a mismatch is reported, never loaded.
@@ -28,8 +30,8 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
 from common.errors import CodirayError
 from common.melspec import AUDIOLDM, MelSpec, mel_basis
-from models.codecs_config import (AudioConfig, BertConfigLite, ClapConfig, ClipConfig, CodecsConfig,
-                                  GPT2ConfigLite, KLVAEConfig, OptimusConfig, VocoderConfig)
+from models.codecs_config import (PIECES, AudioConfig, BertConfigLite, ClapConfig, ClipConfig, CodecsConfig,
+                                  GPT2ConfigLite, KLVAEConfig, OptimusConfig, VocoderConfig, only)
 
 PREFIXES = ("autokl.", "audioldm.", "optimus.", "clip.model.", "clap.model.")
 LDM_NORM_GROUPS = 32          # LDM's Normalize() is GroupNorm(32)
@@ -50,6 +52,7 @@ class Conversion:
     derived_ok: list[str] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
     origin: dict[str, str] = field(default_factory=dict)     # Codecs key -> checkpoint key
+    ignored: dict[str, str] = field(default_factory=dict)    # checkpoint key -> why it is not needed
 
 
 def _sub(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -287,6 +290,46 @@ def _library_part(src: Mapping[str, torch.Tensor], target: str, out: Conversion,
     return state
 
 
+# CoDi's temporal attention in the CLIP vision tower (models/encoders/clip_temporal.py)
+TEMPORAL_KEY = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.temporal_self_attn\.(.+)$")
+TEMPORAL_UNUSED = {"temporal_attn.pos_embeds": "frame-position embedding, added only when a frame rate is "
+                                               "passed (CoDi's video prompt path never passes one)",
+                   "temporal_attn.frame_rate_embeds": "frame-rate embedding, never read by the released forward"}
+
+
+def clip_temporal_from_codi(temporal: Mapping[str, torch.Tensor], out: Conversion) -> dict[str, torch.Tensor]:
+    """``clip.model.vision_model.encoder.layers.i.temporal_self_attn.*`` -> ``clip.temporal.i.*``."""
+    state = {}
+    for k, v in temporal.items():
+        m = TEMPORAL_KEY.match(k)
+        if m is None:
+            raise ConversionError(f"clip.model.{k}: temporal attention outside the vision tower's layers")
+        if m.group(2) in TEMPORAL_UNUSED:
+            out.ignored["clip.model." + k] = TEMPORAL_UNUSED[m.group(2)]
+            continue
+        target = f"clip.temporal.{m.group(1)}.{m.group(2)}"
+        state[target], out.origin[target] = v, "clip.model." + k
+    return state
+
+
+# ---- LAION-CLAP (HTSAT) -> transformers ClapAudioModelWithProjection ------------------------------------
+
+def clap_from_laion(clap: Mapping[str, torch.Tensor], out: Conversion, where: str = "clap.model."
+                    ) -> dict[str, torch.Tensor]:
+    """LAION-CLAP keys -> transformers ``ClapAudioModelWithProjection`` keys (``models.encoders.clap_laion``);
+    tensors CoDi's audio embedding never reads go to ``out.ignored`` with the reason; any other tensor
+    that cannot be placed is an error naming it."""
+    from models.encoders.clap_laion import laion_to_hf
+
+    hf, origin, ignored, unplaced = laion_to_hf(clap)
+    if unplaced:
+        raise ConversionError(f"{where}{unplaced[0]}: LAION-CLAP tensor with no place in ClapAudioModelWithProjection "
+                              f"and not on the list of tensors CoDi's audio conditioning ignores ({len(unplaced)} such)")
+    out.ignored.update({where + k: why for k, why in ignored.items()})
+    out.origin.update({f"{where}{k}": where + v for k, v in origin.items()})
+    return hf
+
+
 # ---- the whole CoDi checkpoint -----------------------------------------------------------------------
 
 def convert_codi_codecs(state: Mapping[str, torch.Tensor], base: CodecsConfig | None = None
@@ -294,15 +337,19 @@ def convert_codi_codecs(state: Mapping[str, torch.Tensor], base: CodecsConfig | 
     """Place every ``autokl./audioldm./optimus./clip.model./clap.model.`` tensor of a CoDi checkpoint.
 
     Returns the conversion (config inferred from shapes on top of ``base``: tokenizer paths, scales and
-    flags come from ``base``) and the tensors outside these prefixes, for the caller to place."""
+    flags come from ``base``; a piece the checkpoint does not carry is absent — ``None`` — in the config,
+    never a randomly initialised stand-in) and the tensors outside these prefixes, for the caller to place."""
     base = base or CodecsConfig()
-    cfg = dataclasses.replace(base)
+    defaults = CodecsConfig()
+    b = {name: getattr(base, name) or getattr(defaults, name) for name in PIECES}   # per-piece bases
+    cfg = only()
+    cfg.sample_rate = base.sample_rate
     out = Conversion(config=cfg, state={})
     rest = {k: v for k, v in state.items() if not k.startswith(PREFIXES)}
 
     autokl = _sub(state, "autokl.")
     if autokl:
-        cfg.image, vae = kl_vae_from_ldm(autokl, "autokl.", scale=base.image.scale, trainable=base.image.trainable)
+        cfg.image, vae = kl_vae_from_ldm(autokl, "autokl.", scale=b["image"].scale, trainable=b["image"].trainable)
         out.state.update({f"image.vae.{k}": v for k, v in vae.items()})
 
     audioldm = _sub(state, "audioldm.")
@@ -312,11 +359,11 @@ def convert_codi_codecs(state: Mapping[str, torch.Tensor], base: CodecsConfig | 
         if stray:
             raise ConversionError(f"audioldm.{stray[0]}: cannot place this tensor ({len(stray)} unplaced)")
         ldm = {k: v for k, v in audioldm.items() if not k.startswith(("vocoder.", "fn_STFT."))}
-        vae_cfg, vae = kl_vae_from_ldm(ldm, "audioldm.", scale=base.audio.vae.scale,
-                                       trainable=base.audio.vae.trainable)
+        vae_cfg, vae = kl_vae_from_ldm(ldm, "audioldm.", scale=b["audio"].vae.scale,
+                                       trainable=b["audio"].vae.trainable)
         voc_cfg, voc = vocoder_from_hifigan(_sub(audioldm, "vocoder."), "audioldm.vocoder.",
-                                           dataclasses.replace(base.audio.vocoder, pretrained=None))
-        cfg.audio = AudioConfig(vae=vae_cfg, vocoder=voc_cfg, frames=base.audio.frames, peak=base.audio.peak)
+                                           dataclasses.replace(b["audio"].vocoder, pretrained=None))
+        cfg.audio = AudioConfig(vae=vae_cfg, vocoder=voc_cfg, frames=b["audio"].frames, peak=b["audio"].peak)
         out.state.update({f"audio.vae.{k}": v for k, v in vae.items()})
         out.state.update({f"audio.vocoder.{k}": v for k, v in voc.items()})
         for k, v in _sub(audioldm, "fn_STFT.").items():
@@ -330,25 +377,25 @@ def convert_codi_codecs(state: Mapping[str, torch.Tensor], base: CodecsConfig | 
     if stray:
         raise ConversionError(f"{stray[0]}: cannot place this tensor ({len(stray)} unplaced under optimus.)")
     if enc or dec:
-        cfg.text, text_state = optimus_from_codi(enc, dec, out, base.text)
+        cfg.text, text_state = optimus_from_codi(enc, dec, out, b["text"])
         out.state.update(text_state)
 
     clip = _sub(state, "clip.model.")
-    temporal = sorted(k for k in clip if ".temporal_self_attn." in k)
-    if temporal:
-        raise ConversionError(f"clip.model.{temporal[0]}: CoDi's temporal attention inside the CLIP vision tower "
-                              f"({len(temporal)} tensors) is not implemented; codiray conditions on video by "
-                              "averaging per-frame hidden states")
+    temporal = {k: v for k, v in clip.items() if ".temporal_self_attn." in k}
+    clip = {k: v for k, v in clip.items() if k not in temporal}
+    if temporal and not clip:
+        raise ConversionError(f"clip.model.{min(temporal)}: temporal attention without the CLIP model it sits in")
     if clip:
-        cfg.clip = clip_config_from_hf(clip, base.clip)
+        cfg.clip = dataclasses.replace(clip_config_from_hf(clip, b["clip"]), temporal=bool(temporal))
         out.state.update(_library_part(clip, "clip.model", out, "clip.model."))
+        out.state.update(clip_temporal_from_codi(temporal, out))
     clap = _sub(state, "clap.model.")
-    if any(k.startswith("audio_branch.") for k in clap):
-        raise ConversionError("clap.model.audio_branch.*: LAION-CLAP layout is not supported; convert it to "
-                              "transformers' ClapAudioModelWithProjection layout (audio_model.*, "
-                              "audio_projection.linear1/linear2) first")
-    if clap:
-        cfg.clap = clap_config_from_hf(clap, base.clap)
+    if any(k.startswith("audio_branch.") for k in clap):      # LAION-CLAP's own layout, as CoDi releases it
+        hf = clap_from_laion(clap, out)
+        cfg.clap = clap_config_from_hf(hf, b["clap"])
+        out.state.update({f"clap.model.{k}": v for k, v in hf.items()})
+    elif clap:                                                # transformers' layout
+        cfg.clap = clap_config_from_hf(clap, b["clap"])
         out.state.update(_library_part(clap, "clap.model", out, "clap.model."))
     _check_against_codecs(out, {"autokl.": "image.", "audioldm.": "audio.", "optimus.": "text.",
                                 "clip.model.": "clip.", "clap.model.": "clap."}, state)
@@ -381,8 +428,8 @@ def _check_against_codecs(out: Conversion, pieces: dict[str, str], source: Mappi
 
 
 def load_into(codecs, conversion: Conversion) -> None:
-    """Load a conversion into a ``Codecs`` built from ``conversion.config``; unplaced model keys are errors
-    (except the pieces the checkpoint did not carry at all, which keep their initialisation)."""
+    """Load a conversion into a ``Codecs`` built from ``conversion.config`` (whose pieces are exactly those
+    the checkpoint carries); a converted tensor with no place is an error."""
     own = codecs.state_dict()
     for k, v in conversion.state.items():
         if k not in own:
@@ -430,3 +477,16 @@ def image_vae_from_path(path: str | Path, base: KLVAEConfig = KLVAEConfig()) -> 
             state = _sub(state, prefix)
             break
     return kl_vae_from_ldm(state, f"{path}: ", scale=base.scale, trainable=base.trainable)
+
+
+def image_only_codecs(path: str | Path, base: KLVAEConfig = KLVAEConfig()):
+    """``convert sd --vae PATH``: a ``Codecs`` holding only the image VAE (every other piece absent)."""
+    from models.codecs import Codecs
+
+    cfg, state = image_vae_from_path(path, base)
+    codecs = Codecs(only(image=cfg))
+    load_into(codecs, Conversion(config=codecs.cfg, state={f"image.vae.{k}": v for k, v in state.items()}))
+    missing = sorted(set(codecs.state_dict()) - {f"image.vae.{k}" for k in state})
+    if missing:
+        raise ConversionError(f"{path}: no tensor for {missing[0]} ({len(missing)} VAE tensors missing)")
+    return codecs

@@ -3,7 +3,9 @@
 text:   pooled EOS state -> text projection -> L2 norm
 image:  CLIP preprocessing -> vision tower -> CLS -> post-LN -> visual projection -> L2 norm
 video:  every frame through the vision tower, last hidden states averaged over frames, then as image
-        (so a 1-frame video conditions exactly like its frame)
+        (so a 1-frame video conditions exactly like its frame); with ``temporal`` (CoDi's release), the
+        tower has CoDi's temporal attention between each layer's self-attention and MLP
+        (``models.encoders.clip_temporal``) for videos of more than one frame
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from models.codecs_config import ClipConfig
+from models.encoders.clip_temporal import TemporalBlock, vision_hidden_with_time
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -68,6 +71,9 @@ class ClipEncoder(nn.Module):
             tokenizer = CLIPTokenizer.from_pretrained(cfg.tokenizer)
         self.tokenizer = tokenizer
         self.model = build_clip(cfg, tokenizer)
+        vision = self.model.config.vision_config
+        self.temporal = (nn.ModuleList(TemporalBlock(vision.hidden_size, vision.num_attention_heads)
+                                       for _ in range(vision.num_hidden_layers)) if cfg.temporal else None)
 
     @property
     def device(self) -> torch.device:
@@ -91,9 +97,11 @@ class ClipEncoder(nn.Module):
         cls = self.model.vision_model.post_layernorm(hidden[:, 0])
         return unit(self.model.visual_projection(cls)).unsqueeze(1)
 
+    def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
+        return clip_preprocess(frames.to(self.device), self.image_size).to(self.model.dtype)
+
     def _frames_hidden(self, frames: torch.Tensor) -> torch.Tensor:
-        pixels = clip_preprocess(frames.to(self.device), self.image_size).to(self.model.dtype)
-        return self.model.vision_model(pixel_values=pixels).last_hidden_state
+        return self.model.vision_model(pixel_values=self._pixels(frames)).last_hidden_state
 
     def image(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(b, h, w, 3)`` -> ``(b, 1, proj)``."""
@@ -106,5 +114,9 @@ class ClipEncoder(nn.Module):
         if video.dtype != torch.uint8 or video.dim() != 5:
             raise ValueError(f"video must be uint8 (b, f, h, w, 3), got {video.dtype} {tuple(video.shape)}")
         b, f = video.shape[:2]
-        hidden = self._frames_hidden(video.flatten(0, 1)).unflatten(0, (b, f)).mean(dim=1)
-        return self._project_cls(hidden)
+        if self.temporal is not None and f > 1:      # CoDi encodes a 1-frame video as an image
+            hidden = vision_hidden_with_time(self.model.vision_model, self.temporal,
+                                             self._pixels(video.flatten(0, 1)), f)
+        else:
+            hidden = self._frames_hidden(video.flatten(0, 1)).unflatten(0, (b, f))
+        return self._project_cls(hidden.mean(dim=1))
