@@ -54,14 +54,15 @@ def run(args) -> int:
     if args.num_heads is not None and args.num_heads < 1:
         raise UsageError(f"--num-heads must be positive, got {args.num_heads}")
     dtype = getattr(torch, args.dtype)
-    checked, mismatches = [], []
+    checked, mismatches, ignored = [], [], {}
     if args.source == "codi":
         from common.config import load_config
         from models.codecs_config import CodecsConfig
 
         base = load_config(CodecsConfig, args.codecs_config, []) if args.codecs_config else None
         conversion = convert_codi_release(args.checkpoint, num_heads=args.num_heads, dtype=dtype, codecs_base=base)
-        model, checked, mismatches = conversion.model, conversion.checked, conversion.mismatches
+        model, checked, mismatches, ignored = (conversion.model, conversion.checked, conversion.mismatches,
+                                               conversion.ignored)
     else:
         model = convert_sd(args.unet, num_heads=args.num_heads, dtype=dtype)
         if args.vae:
@@ -78,9 +79,16 @@ def run(args) -> int:
               + (f", with {' and '.join(extras)}" if extras else ""))
     if model.codecs is not None:
         count = sum(p.numel() for p in model.codecs.parameters())
-        print(f"codecs (autoencoders + prompt encoders): {count:,} parameters, in {out / 'codecs'}")
+        pieces = ", ".join(model.codecs.cfg.present())
+        print(f"codecs ({pieces}): {count:,} parameters, in {out / 'codecs'}")
     if checked:
         print(f"checked, not loaded (derived constants that match codiray's): {len(checked)} tensors")
+    if ignored:
+        reasons: dict[str, list[str]] = {}
+        for key, why in ignored.items():
+            reasons.setdefault(why, []).append(key)
+        for why, keys in reasons.items():
+            print(f"not needed, not loaded: {len(keys)} tensor(s) like {keys[0]} ({why})")
     for problem in mismatches:
         print(f"warning: {problem}")
     print(f"wrote {out}")

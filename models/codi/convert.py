@@ -203,6 +203,7 @@ class CodiConversion:
     model: CoDi
     checked: list[str] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
+    ignored: dict[str, str] = field(default_factory=dict)    # release tensors codiray does not need -> why
 
 
 # LDM's DDPM (``ldm.models.diffusion.ddpm``; CoDi's ``core/models/sd.py``) registers these per-timestep
@@ -272,7 +273,7 @@ def convert_codi_release(checkpoints: Iterable[str | Path], num_heads: int = 8, 
                 raise ConversionError(f"{path}: {what} is also in {seen[key]}")
             whole[key], seen[key] = value, str(path)
     codecs = None
-    checked, mismatches = [], []
+    checked, mismatches, ignored = [], [], {}
     if any(k.startswith(CODEC_PREFIXES) for k in whole):
         from models.codecs import Codecs
         from models.codecs_convert import convert_codi_codecs, load_into
@@ -283,6 +284,7 @@ def convert_codi_release(checkpoints: Iterable[str | Path], num_heads: int = 8, 
         codecs.to(dtype)
         checked += conversion.derived_ok
         mismatches += conversion.mismatches
+        ignored = dict(conversion.ignored)
     buffers = {k: whole.pop(k) for k in DDPM_BUFFERS if k in whole}
     merged: dict[str, dict[str, Tensor]] = {}
     origin: dict[str, str] = {}
@@ -306,7 +308,7 @@ def convert_codi_release(checkpoints: Iterable[str | Path], num_heads: int = 8, 
         state.update({f"unets.{modality}.{k}": v for k, v in part.items()})
     model = build_and_place(specs, state, ", ".join(dict.fromkeys(origin.values())), dtype)
     model.codecs = codecs
-    out = CodiConversion(model, checked, mismatches)
+    out = CodiConversion(model, checked, mismatches, ignored)
     compare_ddpm_buffers(buffers, model.config.diffusion, out)
     return out
 
