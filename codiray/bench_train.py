@@ -5,7 +5,8 @@
 
 Rows, all from one run:
 - step time of Ray Train + DeepSpeed (``training.launch.train``, 1 worker) vs a bare PyTorch loop
-  over the same model, optimizer, loss and batch size (no Ray, no DeepSpeed), steady state (the first
+  over the same model, optimizer, loss and batch size (no Ray, no DeepSpeed), and the stage's
+  DeepSpeed engine alone in-process (no Ray) to split the overhead; steady state (the first
   ``--log-every`` window holds start-up and is left out; start-up is reported on its own row);
   the candidates run interleaved, ``--reps`` times, best and spread kept;
 - samples/s of the same stage on 2 Ray workers vs 1 (CPU);
@@ -258,9 +259,41 @@ def steady(window_step_s: list[float]) -> float:
     return statistics.median(window_step_s[1:])
 
 
-def bare_loop(cfg, batch: dict, steps: int, log_every: int, threads: int) -> dict:
-    """The stage's math with no Ray and no DeepSpeed: same model, AdamW, warmup LR, clipping and
-    loss as ``training/loop.py``, on one in-memory batch. Returns per-window s/step and start-up s."""
+def deepspeed_single_process(model, optimizer, scheduler, cfg):
+    """The stage's DeepSpeed engine (``training.loop.deepspeed_config``) in this process, world size 1.
+
+    The launcher variables DeepSpeed reads are set only while it starts, then restored."""
+    import socket
+
+    import deepspeed
+    import torch.distributed as dist
+
+    from training.loop import deepspeed_config
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        if not dist.is_initialized():
+            deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=deepspeed_config(cfg))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+    return engine
+
+
+def local_loop(cfg, batch: dict, steps: int, log_every: int, threads: int, engine: bool = False) -> dict:
+    """The stage's math with no Ray: same model, AdamW, warmup LR, clipping and loss as
+    ``training/loop.py``, on one in-memory batch; with ``engine`` through the stage's DeepSpeed engine,
+    else a bare PyTorch loop. Returns per-window s/step, start-up s and the trained model."""
     from models.diffusion.config import build_schedule
     from models.text_to_image import TextToImageDiffuser
     from training.loop import build_optimizer
@@ -273,17 +306,25 @@ def bare_loop(cfg, batch: dict, steps: int, log_every: int, threads: int) -> dic
         torch.manual_seed(cfg.seed)
         model = TextToImageDiffuser(cfg.model)
         optimizer, scheduler = build_optimizer(model, cfg)
+        if engine:
+            ds = deepspeed_single_process(model, optimizer, scheduler, cfg)
+            model, backward, update = ds.module, ds.backward, ds.step
+        else:
+            backward = torch.Tensor.backward
+
+            def update():
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
         schedule = build_schedule(cfg.model.diffusion)
         generator = torch.Generator().manual_seed(cfg.seed * 1000)
         images, captions = batch["image"], list(batch["caption"])
         startup, windows, window_start = time.perf_counter() - started, [], time.perf_counter()
         for step in range(1, steps + 1):
             loss = text_to_image_loss(model, images, captions, generator, schedule)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            backward(loss)
+            update()
             loss.item()  # the Ray loop syncs on the loss every step too
             if step % log_every == 0:
                 windows.append((time.perf_counter() - window_start) / log_every)
@@ -328,9 +369,10 @@ def ray_rows(args, root: Path) -> list[Row]:
     shards = prepare_shards(root, base, args.samples)
     batch = read_shards(shards).take_batch(base.batch_size_per_worker, batch_format="numpy")
     threads = max(1, int(base.scaling.worker.cpus))
-    results: dict[str, list[dict]] = {"bare": [], "ray1": [], "ray2": []}
+    results: dict[str, list[dict]] = {"bare": [], "deepspeed": [], "ray1": [], "ray2": []}
     for rep in range(args.reps):
-        results["bare"].append(bare_loop(base, batch, args.steps, args.log_every, threads))
+        results["bare"].append(local_loop(base, batch, args.steps, args.log_every, threads))
+        results["deepspeed"].append(local_loop(base, batch, args.steps, args.log_every, threads, engine=True))
         for workers in (1,) if args.skip_scaling else (1, 2):
             cfg = dataclasses.replace(
                 base, name=f"bench-{workers}w-{rep}", storage_path=str(root / "runs"), max_steps=args.steps,
@@ -347,6 +389,9 @@ def ray_rows(args, root: Path) -> list[Row]:
                 f"{min(step['ray1']):.4f}", f"{min(step['bare']):.4f}",
                 f"bare PyTorch loop, same math ({reps.format(spread(step['bare']))})",
                 f"{min(step['ray1']) / min(step['bare']):.2f}x", "<= 1.10x"),
+            Row(f"  of which DeepSpeed: its engine in-process, no Ray ({reps.format(spread(step['deepspeed']))})",
+                f"{min(step['deepspeed']):.4f}", f"{min(step['bare']):.4f}", "bare PyTorch loop, same math",
+                f"{min(step['deepspeed']) / min(step['bare']):.2f}x", "report (Ray's share = the rest)"),
             Row("  start-up + teardown s (Ray Train + DeepSpeed, incl. first window and final checkpoint)",
                 f"{min(start['ray1']):.1f}", f"{min(start['bare']):.1f}", "bare loop: build + first window",
                 f"{min(start['ray1']) / min(start['bare']):.1f}x", "report")]
@@ -362,11 +407,9 @@ def ray_rows(args, root: Path) -> list[Row]:
 
 def register_train(subparsers) -> None:
     """Add ``train`` to the ``bench`` sub-commands (``subparsers`` = bench's ``add_subparsers``)."""
-    from training.recipes import RECIPES
-
     p = subparsers.add_parser("train", help="Ray Train + DeepSpeed vs a bare loop, 2 vs 1 workers, ZeRO memory, GPU img/s",
                               description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--recipe", default="text_to_image_demo", choices=sorted(RECIPES), help="the stage to time")
+    p.add_argument("--recipe", default="text_to_image_demo", help="the stage to time (a name in training/recipes.py)")
     p.add_argument("--steps", type=int, default=40, help="steps per run (the first --log-every are start-up)")
     p.add_argument("--log-every", type=int, default=10, help="steps per timing window")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (best is kept)")
@@ -390,9 +433,12 @@ def format_table(rows: list[Row]) -> str:
 
 
 def run_train(args) -> int:
-    if args.steps < 2 * args.log_every or args.steps % args.log_every:
-        from common.errors import UsageError
+    from common.errors import UsageError
+    from training.recipes import RECIPES
 
+    if args.recipe not in RECIPES:
+        raise UsageError(f"--recipe {args.recipe!r}: no such recipe (known: {', '.join(sorted(RECIPES))})")
+    if args.steps < 2 * args.log_every or args.steps % args.log_every:
         raise UsageError(f"--steps {args.steps} must be a multiple of --log-every {args.log_every}, at least "
                          "2 windows (the first window is start-up)")
     rows, detail = memory_rows(args.memory_model, args.ranks)
