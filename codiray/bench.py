@@ -24,7 +24,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks (see 'codiray bench prepare --help')")
+    parser = subparsers.add_parser("bench", help="benchmarks: 'codiray bench prepare' (data path), 'codiray bench train' (Ray Train + DeepSpeed, ZeRO memory, GPU)")
     sub = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
     prep = sub.add_parser("prepare", help="video/image/audio preprocessing vs decode-only floors, ffmpeg, 1 vs 2 Ray workers",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     prep.add_argument("--ray-reps", type=int, default=3, help="interleaved 1-worker/2-worker pairs per size")
     prep.add_argument("--skip-ray", action="store_true", help="skip the 1-vs-2 Ray workers row")
     prep.set_defaults(func=run)
+    from codiray.bench_train import register_train
+
+    register_train(sub)
 
 
 class Timing(dict):
