@@ -47,8 +47,9 @@ def rows_of(style: str, paths: dict) -> list[dict]:
 
 
 CAPTION = {"laion": "TEXT", "webvid": "name", "audioset": "_caption", "audiocaps": "caption"}
-CANDIDATES = {"laion": lambda r: [r["key"]], "webvid": webvid.media_candidates,
-              "audioset": audioset.media_candidates("audioset"), "audiocaps": audioset.media_candidates("audiocaps")}
+CANDIDATES = {"laion": lambda r: media.simple_candidates([r["key"]], "{key}"), "webvid": webvid.media_candidates(CFG),
+              "audioset": audioset.media_candidates("audioset", CFG),
+              "audiocaps": audioset.media_candidates("audiocaps", CFG)}
 EXTENSIONS = {"laion": media.IMAGE_EXTENSIONS, "webvid": media.VIDEO_EXTENSIONS, "audioset": media.AUDIO_EXTENSIONS,
               "audiocaps": media.AUDIO_EXTENSIONS}
 MODALITY = {"laion": "image", "webvid": "video", "audioset": "audio", "audiocaps": "audio"}
@@ -58,13 +59,14 @@ MODALITY = {"laion": "image", "webvid": "video", "audioset": "audio", "audiocaps
 def test_each_corpus_reads_with_its_style_and_its_media_show_their_captions(world, style):
     _, corpora = world
     paths = corpora[style]
-    rows = media.attach(rows_of(style, paths), media.index_media(str(paths["media"])), CANDIDATES[style])
+    rows = media.attach(rows_of(style, paths), media.index_media(str(paths["media"])), CANDIDATES[style],
+                        str(paths["media"]))
     assert len(rows) == {"laion": 12}.get(style, 6)
     assert len({r["key"] for r in rows}) == len(rows)
     for row in rows:
         truth = parse_caption(row[CAPTION[style]])
         assert truth, row[CAPTION[style]]
-        uri = media.lookup(row["_media"], row["_candidates"], EXTENSIONS[style])
+        uri, _ = media.lookup(row, EXTENSIONS[style])
         found = probe_file(MODALITY[style], uri)
         if style == "webvid":  # the video's sound track carries the pitch and rhythm
             found.update(probe_file("audio", uri))
