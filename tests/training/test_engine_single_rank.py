@@ -45,4 +45,4 @@ def test_two_accumulated_micro_batches_equal_one_step_on_the_whole_batch():
     s = run_case("accum", "29662")
     # 3 SGD steps; the same draws of t, ε and caption dropout in both runs
     assert s["max_update"] > 1e-2, s                   # the steps moved the weights visibly
-    assert s["max_abs_diff"] < 1e-6 * max(1.0, s["max_update"] * 100), s
+    assert s["max_abs_diff"] < 1e-6, s               # measured 1.5e-8 (fp32 summation order)
