@@ -54,18 +54,16 @@ def batches_forever(shard, cfg: TrainConfig, first_epoch: int = 0):
         epoch += 1
 
 
-def build_engine(cfg: TrainConfig, task):
-    """(engine, frozen, scheduler): the frozen part built whole (outside DeepSpeed), the trainable part
-    wrapped by DeepSpeed, which partitions it at ``initialize`` under ZeRO-3.
+def build_parts(cfg: TrainConfig, task):
+    """(frozen, trainable): the stage's two parts, built whole on this worker from ``cfg.seed`` (so
+    identical on every rank); the frozen part without gradients, the trainable part with activation
+    checkpointing when configured.
 
-    The trainable module is built whole on each worker first (host memory), not inside
-    ``deepspeed.zero.Init``: zero.Init partitions each submodule as soon as its ``__init__`` returns,
-    so a parent's later in-place init (the UNet zero-initialises its output convs) would hit empty
-    shards and silently leave the default random init.
+    The trainable module is built whole (host memory), not inside ``deepspeed.zero.Init``: zero.Init
+    partitions each submodule as soon as its ``__init__`` returns, so a parent's later in-place init
+    hits empty shards (measured: the UNet's zero-initialised output conv came out random, max |w| 0.083).
     """
-    import deepspeed
-
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    torch.manual_seed(cfg.seed)
     frozen = task.build_frozen()
     if frozen is not None:
         frozen.requires_grad_(False).eval()
@@ -75,6 +73,15 @@ def build_engine(cfg: TrainConfig, task):
             raise ConfigError("<train config>", "activation_checkpointing",
                               f"{type(trainable).__name__} has no set_gradient_checkpointing")
         trainable.set_gradient_checkpointing(True)
+    return frozen, trainable
+
+
+def build_engine(cfg: TrainConfig, task):
+    """(engine, frozen, scheduler): the frozen part stays outside DeepSpeed (moved to the engine's
+    device); the trainable part is wrapped by DeepSpeed, which partitions it under ZeRO-3."""
+    import deepspeed
+
+    frozen, trainable = build_parts(cfg, task)
     optimizer, scheduler = build_optimizer(trainable, cfg)
     engine, _, _, _ = deepspeed.initialize(model=trainable, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg))

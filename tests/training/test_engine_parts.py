@@ -3,6 +3,7 @@ the fault-injection knob, and the stage task's split of the text-to-image model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -108,3 +109,27 @@ def test_task_split_reproduces_the_whole_models_loss_and_saves_its_layout(tmp_pa
     reference = text_to_image_loss(whole, batch["image"], batch["caption"].tolist(), torch.Generator().manual_seed(9))
     assert split.item() == pytest.approx(reference.item(), rel=1e-6)
     assert not any(p.requires_grad for p in frozen.parameters())
+
+
+def test_activation_checkpointing_reaches_models_that_have_it_and_is_refused_for_others():
+    from common.errors import ConfigError
+    from models.codi import CoDi, CoDiConfig, UNetSpec
+    from training.loop import build_parts
+
+    cfg = dataclasses.replace(text_to_image_demo_debug(), activation_checkpointing=True)
+    with pytest.raises(ConfigError, match="activation_checkpointing.*UNet has no set_gradient_checkpointing"):
+        build_parts(cfg, build_task(cfg))
+
+    class CoDiImageTask:  # a stage whose trainable part supports it (CoDi's UNets)
+        def build_frozen(self):
+            return None
+
+        def build_trainable(self):
+            return CoDi(CoDiConfig(image=UNetSpec(in_channels=4, out_channels=4, model_channels=32, channel_mult=[1, 2],
+                                                  num_res_blocks=[1, 1], attention_levels=[True, False], num_heads=2,
+                                                  context_dim=32, video=False, connectors=False)))
+
+    frozen, trainable = build_parts(cfg, CoDiImageTask())
+    assert frozen is None and all(u.gradient_checkpointing for u in trainable.unets.values())
+    _, plain = build_parts(dataclasses.replace(cfg, activation_checkpointing=False), CoDiImageTask())
+    assert not any(u.gradient_checkpointing for u in plain.unets.values())
