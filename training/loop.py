@@ -13,6 +13,7 @@ model's own layout, rank 0), the EMA's state and every rank's record (``ranks/ra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -187,7 +188,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     step, epoch, history, resumed_from, ema_dir = 0, 0, [], None, None
     checkpoint = ray.train.get_checkpoint()
-    with (checkpoint.as_directory() if checkpoint is not None else tempfile.TemporaryDirectory()) as directory:
+    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as directory:
         if checkpoint is not None:
             _, client_state = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG)
             step, epoch = int(client_state["step"]), int(client_state.get("epoch", 0))
