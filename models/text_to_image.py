@@ -61,17 +61,14 @@ class TextToImageDiffuser(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Weights as safetensors + the config as JSON (diffusers-style, loadable without the run)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_NAME))
-        (directory / CONFIG_NAME).write_text(json.dumps(to_dict(self.cfg), indent=2))
-        return directory
+        return save_pretrained_state(directory, self.cfg, self.state_dict())
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> "TextToImageDiffuser":
+    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu",
+                        weights_name: str = WEIGHTS_NAME) -> "TextToImageDiffuser":
+        """The model saved in ``directory``; ``weights_name="ema.safetensors"`` loads the EMA weights."""
         directory = Path(directory)
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
+        for name in (weights_name, CONFIG_NAME):
             if not (directory / name).is_file():
                 raise UsageError(f"{directory}: no {name} — not a codiray model checkpoint")
         cfg = from_dict(TextToImageModelConfig, json.loads((directory / CONFIG_NAME).read_text()),
@@ -81,8 +78,22 @@ class TextToImageDiffuser(nn.Module):
         cfg.text_encoder.pretrained = None
         model = cls(cfg)
         try:
-            model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=map_location))
+            model.load_state_dict(load_file(str(directory / weights_name), device=map_location))
         except Exception as err:  # safetensors' header errors, missing/unexpected/mis-shaped tensors
             problem = str(err).strip().splitlines()[0][:300]
-            raise UsageError(f"{directory / WEIGHTS_NAME}: cannot load weights ({type(err).__name__}: {problem})") from None
+            raise UsageError(f"{directory / weights_name}: cannot load weights ({type(err).__name__}: {problem})") from None
         return model
+
+
+def save_pretrained_state(directory: str | Path, cfg: TextToImageModelConfig, state: dict[str, torch.Tensor],
+                          weights_name: str = WEIGHTS_NAME) -> Path:
+    """A ``TextToImageDiffuser`` state (keys ``unet.*``, ``text_encoder.*``) as safetensors + config JSON.
+
+    The training engine holds the UNet and the text tower apart (the tower stays outside DeepSpeed)
+    and writes their joined state here, in the layout ``from_pretrained`` reads.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / weights_name))
+    (directory / CONFIG_NAME).write_text(json.dumps(to_dict(cfg), indent=2))
+    return directory

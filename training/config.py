@@ -16,7 +16,37 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 50
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0       # global gradient-norm clip (DeepSpeed ``gradient_clipping``); 0 = off
+    min_lr_ratio: float = 1.0    # cosine decay after warmup down to lr·min_lr_ratio at max_steps; 1 = constant
+
+    def __post_init__(self):
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("optim.min_lr_ratio must be in [0, 1]")
+        if self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError("optim.warmup_steps and optim.grad_clip must be >= 0")
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the trainable weights (training/ema.py), kept on rank 0."""
+
+    enabled: bool = True
+    decay: float = 0.9999
+    warmup: bool = True  # β_n = min(decay, (1 + n) / (10 + n)): early averages forget the random init
+
+    def __post_init__(self):
+        if not 0.0 <= self.decay <= 1.0:
+            raise ValueError("ema.decay must be in [0, 1]")
+
+
+@dataclass
+class DebugConfig:
+    """Fault injection for testing recovery: never set in a real run."""
+
+    # Rank ``fail_rank`` exits the process (os._exit) right after optimizer step ``fail_at_step``,
+    # once per run: a marker file in the run folder keeps the restarted group from dying again.
+    fail_at_step: Optional[int] = None
+    fail_rank: int = 1
 
 
 @dataclass
@@ -43,8 +73,14 @@ class TrainConfig:
     model: TextToImageModelConfig = field(default_factory=TextToImageModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
-    zero_stage: int = 2  # ZeRO-2: optimizer states and gradients sharded across workers
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # ZeRO-1/2 shard optimizer states (and gradients); ZeRO-3 also the trainable parameters. Frozen
+    # encoders stay outside the engine, whole on every worker (training/task.py).
+    zero_stage: int = 2
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 for GPUs; CPU runs stay fp32
+    grad_accum_steps: int = 1     # micro-batches of batch_size_per_worker per optimizer step
+    activation_checkpointing: bool = False  # for models with ``set_gradient_checkpointing``
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
     batch_size_per_worker: int = 8
     max_steps: int = 200
     log_every: int = 10
@@ -53,9 +89,9 @@ class TrainConfig:
     max_failures: int = 0
 
     def __post_init__(self):
-        if self.zero_stage not in (0, 1, 2):
-            # ZeRO-3 partitions the frozen prompt encoder too, whose forward reads parameters
-            # outside ZeRO-3's gather hooks (measured: the positional embedding arrives empty).
-            raise ValueError("zero_stage must be 0, 1 or 2 (ZeRO-3 is not supported yet)")
-        if min(self.batch_size_per_worker, self.max_steps, self.log_every, self.checkpoint_every) < 1:
-            raise ValueError("batch_size_per_worker, max_steps, log_every and checkpoint_every must be >= 1")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if min(self.batch_size_per_worker, self.max_steps, self.log_every, self.checkpoint_every,
+               self.grad_accum_steps) < 1:
+            raise ValueError("batch_size_per_worker, max_steps, log_every, checkpoint_every and "
+                             "grad_accum_steps must be >= 1")

@@ -70,3 +70,40 @@ class EMA:
             raise KeyError(f"EMA state does not match the tracked parameters (differs at {extra[0]!r})")
         self.decay, self.warmup, self.num_updates = float(state["decay"]), bool(state["warmup"]), int(state["num_updates"])
         self.shadow = {k: v.detach().to(torch.float32, copy=True) for k, v in state["shadow"].items()}
+
+
+class RankZeroEMA:
+    """The EMA of a training engine's trainable weights, held (fp32, CPU) on rank 0 only.
+
+    Under ZeRO-3 every rank holds a shard of each parameter: ``update`` gathers one parameter at a
+    time (``deepspeed.zero.GatheredParameters``, a collective every rank enters; the cost is one
+    all-gather of the weights per step, like a forward pass) and rank 0 folds the full value into the
+    average. Under ZeRO 0-2 every rank holds the full weights and only rank 0 reads them. Either way
+    the average is of the weights the forward pass uses (bf16 under ``precision=bf16``).
+    """
+
+    def __init__(self, module: torch.nn.Module, rank: int, decay: float, warmup: bool, zero3: bool,
+                 resumed: bool, load_state=None):
+        """Starts from θ_0 (gathered), or on a resume (``resumed`` on every rank) from
+        ``load_state()``, which only rank 0 calls (an ``EMA.state_dict()``)."""
+        from training.engine import gathered_params
+
+        self.module, self.rank, self.zero3 = module, rank, zero3
+        self.ema: EMA | None = None
+        if rank == 0:
+            state = load_state() if resumed else None
+            self.ema = EMA(gathered_params(module) if state is None else state["shadow"].items(), decay, warmup)
+            if state is not None:
+                self.ema.load_state_dict(state)
+        elif zero3 and not resumed:
+            for _ in gathered_params(module):  # rank 0 is gathering: take part
+                pass
+
+    def update(self) -> None:
+        from training.engine import gathered_params
+
+        if self.ema is not None:
+            self.ema.update(gathered_params(self.module))
+        elif self.zero3:
+            for _ in gathered_params(self.module):
+                pass

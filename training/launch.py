@@ -93,7 +93,7 @@ def train(cfg: TrainConfig, progress: bool = True):
     board = ray.remote(num_cpus=0)(ProgressBoard).remote() if progress else None
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": to_dict(cfg), "progress": board},
+        train_loop_config={"train": to_dict(cfg), "progress": board, "run_dir": resolved},
         scaling_config=cfg.scaling.worker.scaling_config(cfg.scaling.num_workers),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.worker.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(

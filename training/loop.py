@@ -1,47 +1,41 @@
-"""The Ray Train worker loop: DeepSpeed ZeRO engine, streamed shards, metrics and checkpoints.
+"""The Ray Train worker loop: a stage's task on a DeepSpeed ZeRO engine, streamed shards, EMA,
+metrics and checkpoints.
 
 Runs inside each Ray Train worker (``train_loop_per_worker``). DeepSpeed is imported here, never in
 the driver: importing it on a CPU-only driver has broken before, and only workers need it.
+
+Per worker: the stage's frozen part (training/task.py) is built whole and run under no_grad; its
+trainable part goes into DeepSpeed (ZeRO 0-3). Every optimizer step takes ``grad_accum_steps``
+micro-batches; then rank 0 folds the (gathered) weights into the EMA. A checkpoint holds DeepSpeed's
+sharded state (every rank), ``model.safetensors`` + ``ema.safetensors`` (full gathered weights in the
+model's own layout, rank 0), the EMA's state and every rank's record (``ranks/rank_<r>.json``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from common import storage
 from common.config import from_dict
+from common.errors import ConfigError
+from training.checkpointing import state_digest
 from training.config import TrainConfig
+from training.engine import build_optimizer, compute_dtype, deepspeed_config, gathered_state
 
 DEEPSPEED_TAG = "deepspeed"
 STATE_NAME = "train_state.json"
 HISTORY_NAME = "metrics_history.json"  # every logged metric since step 0: the checkpoint's loss curve
 RANKS_DIR = "ranks"  # ranks/rank_<r>.json: what each rank trained on and held (see rank_record)
-
-
-def deepspeed_config(cfg: TrainConfig) -> dict:
-    """The DeepSpeed JSON config of a stage (optimizer and scheduler are passed as objects)."""
-    return {
-        "train_micro_batch_size_per_gpu": cfg.batch_size_per_worker,
-        "gradient_accumulation_steps": 1,
-        "gradient_clipping": cfg.optim.grad_clip,
-        "zero_optimization": {"stage": cfg.zero_stage},
-        "bf16": {"enabled": cfg.precision == "bf16"},
-        "steps_per_print": 10**9,  # our own metrics go through ray.train.report
-        "wall_clock_breakdown": False,
-    }
-
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                  weight_decay=cfg.optim.weight_decay)
-    warmup = max(1, cfg.optim.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    return optimizer, scheduler
+WEIGHTS_NAME = "model.safetensors"
+EMA_WEIGHTS_NAME = "ema.safetensors"  # the EMA weights in the model's layout (from_pretrained(weights_name=...))
+EMA_STATE_NAME = "ema_state.safetensors"  # the EMA's own state (trainable names, fp32) for resuming
 
 
 def batches_forever(shard, cfg: TrainConfig, first_epoch: int = 0):
@@ -61,32 +55,88 @@ def batches_forever(shard, cfg: TrainConfig, first_epoch: int = 0):
         epoch += 1
 
 
-def held_state(engine) -> dict:
-    """Digests of the weights and of this rank's optimizer state (its ZeRO partition) as held now."""
-    from training.checkpointing import state_digest
+def build_parts(cfg: TrainConfig, task):
+    """(frozen, trainable): the stage's two parts, built whole on this worker from ``cfg.seed`` (so
+    identical on every rank); the frozen part without gradients, the trainable part with activation
+    checkpointing when configured.
 
-    return {"weights_sha256": state_digest(engine.module.state_dict()),
-            "optimizer_sha256": state_digest(engine.optimizer.state_dict())}
+    The trainable module is built whole (host memory), not inside ``deepspeed.zero.Init``: zero.Init
+    partitions each submodule as soon as its ``__init__`` returns, so a parent's later in-place init
+    hits empty shards (measured: the UNet's zero-initialised output conv came out random, max |w| 0.083).
+    """
+    torch.manual_seed(cfg.seed)
+    frozen = task.build_frozen()
+    if frozen is not None:
+        frozen.requires_grad_(False).eval()
+    trainable = task.build_trainable()
+    if cfg.activation_checkpointing:
+        if not hasattr(trainable, "set_gradient_checkpointing"):
+            raise ConfigError("<train config>", "activation_checkpointing",
+                              f"{type(trainable).__name__} has no set_gradient_checkpointing")
+        trainable.set_gradient_checkpointing(True)
+    return frozen, trainable
 
 
-def rank_record(engine, rank: int, world: int, step: int, samples: dict[int, list[str]],
+def build_engine(cfg: TrainConfig, task):
+    """(engine, frozen, scheduler): the frozen part stays outside DeepSpeed (moved to the engine's
+    device); the trainable part is wrapped by DeepSpeed, which partitions it under ZeRO-3."""
+    import deepspeed
+
+    frozen, trainable = build_parts(cfg, task)
+    optimizer, scheduler = build_optimizer(trainable, cfg)
+    engine, _, _, _ = deepspeed.initialize(model=trainable, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(cfg))
+    if frozen is not None:
+        frozen.to(engine.device)
+    return engine, frozen, scheduler
+
+
+def held_state(engine, weights: dict) -> dict:
+    """Digests of the full (gathered) weights and of this rank's optimizer state (its ZeRO partition)."""
+    return {"weights_sha256": state_digest(weights), "optimizer_sha256": state_digest(engine.optimizer.state_dict())}
+
+
+def rank_record(engine, weights: dict, rank: int, world: int, step: int, samples: dict[int, list[str]],
                 resumed_from: dict | None) -> dict:
     """One rank's account of a checkpoint: the sample keys it trained on since the previous
     checkpoint (by epoch), the state it holds at this step, and the state it resumed from."""
-    return {"rank": rank, "world_size": world, "step": step, **held_state(engine),
+    return {"rank": rank, "world_size": world, "step": step, **held_state(engine, weights),
             "samples": {str(epoch): keys for epoch, keys in samples.items()}, "resumed_from": resumed_from}
 
 
-def save_checkpoint(engine, step: int, epoch: int, rank: int, directory: Path, history: list[dict],
-                    record: dict | None = None) -> None:
-    """DeepSpeed's sharded state (every rank writes its part and its record) + safetensors weights
-    from rank 0. Ray Train merges every rank's directory into one checkpoint."""
+def save_ema(ema, task, frozen, directory: Path) -> None:
+    """``ema.safetensors`` (the model's layout) and ``ema_state.safetensors`` (to resume from)."""
+    from safetensors.torch import save_file
+
+    averages = dict(ema.named_averages())
+    task.save_pretrained(directory, task.export_state(averages, frozen), EMA_WEIGHTS_NAME)
+    save_file({k: v.contiguous() for k, v in averages.items()}, str(directory / EMA_STATE_NAME),
+              metadata={"decay": repr(ema.decay), "warmup": str(ema.warmup), "num_updates": str(ema.num_updates)})
+
+
+def load_ema_state(directory: Path) -> dict:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(directory / EMA_STATE_NAME), framework="pt") as f:
+        meta = f.metadata()
+    return {"decay": float(meta["decay"]), "warmup": meta["warmup"] == "True",
+            "num_updates": int(meta["num_updates"]), "shadow": load_file(str(directory / EMA_STATE_NAME))}
+
+
+def save_checkpoint(engine, task, frozen, weights: dict, step: int, epoch: int, rank: int, directory: Path,
+                    history: list[dict], record: dict | None = None, ema=None) -> None:
+    """DeepSpeed's sharded state (every rank writes its part and its record) + the full weights
+    (``weights``: ``task.export_state`` of the gathered state) from rank 0. Ray Train merges every
+    rank's directory into one checkpoint."""
     engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, client_state={"step": step, "epoch": epoch})
     if record is not None:
         (directory / RANKS_DIR).mkdir(exist_ok=True)
         (directory / RANKS_DIR / f"rank_{rank}.json").write_text(json.dumps(record))
     if rank == 0:
-        engine.module.save_pretrained(directory)
+        task.save_pretrained(directory, weights, WEIGHTS_NAME)
+        if ema is not None:
+            save_ema(ema, task, frozen, directory)
         (directory / STATE_NAME).write_text(json.dumps({"step": step, "epoch": epoch}))
         (directory / HISTORY_NAME).write_text(json.dumps(history))
 
@@ -105,69 +155,89 @@ def mean_over_workers(value: float, device: torch.device) -> float:
     return tensor.item() / dist.get_world_size()
 
 
+def inject_fault(cfg: TrainConfig, rank: int, step: int, run_dir: str | None) -> None:
+    """``debug.fail_at_step``: rank ``debug.fail_rank`` exits hard after that step, once per run (a
+    marker in the run folder), so Ray Train's FailureConfig restarts the group from its checkpoint."""
+    if cfg.debug.fail_at_step != step or rank != cfg.debug.fail_rank or run_dir is None:
+        return
+    marker = storage.join(run_dir, f"debug_fault_injected_at_step_{step}")
+    if storage.exists(marker, cfg.data.s3):
+        return
+    storage.write_bytes(marker, b"", cfg.data.s3)
+    os._exit(17)  # no cleanup, no exception: what a killed process looks like to Ray
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
-    import deepspeed
     import ray.train
 
-    from models.diffusion.config import build_schedule
-    from models.text_to_image import TextToImageDiffuser
     from training.checkpointing import use_safe_checkpoint_loading
-    from training.step import text_to_image_loss
+    from training.ema import RankZeroEMA
+    from training.scalars import ScalarLog
+    from training.task import build_task
 
     cfg = from_dict(TrainConfig, loop_config["train"], source="<train loop config>")
+    run_dir = loop_config.get("run_dir")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     board = loop_config.get("progress") if rank == 0 else None  # one feed: rank 0's view only
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = TextToImageDiffuser(cfg.model)
-    optimizer, scheduler = build_optimizer(model, cfg)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(cfg))
+    scalars = ScalarLog(run_dir, cfg.data.s3) if rank == 0 and run_dir else None
+    task = build_task(cfg)
+    engine, frozen, scheduler = build_engine(cfg, task)
     use_safe_checkpoint_loading(engine)
+    dtype, zero3 = compute_dtype(cfg), cfg.zero_stage == 3
 
-    step, epoch, history, resumed_from = 0, 0, [], None
+    step, epoch, history, resumed_from, ema_dir = 0, 0, [], None, None
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
+    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as directory:
+        if checkpoint is not None:
             _, client_state = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG)
             step, epoch = int(client_state["step"]), int(client_state.get("epoch", 0))
             if (Path(directory) / HISTORY_NAME).is_file():
                 history = json.loads((Path(directory) / HISTORY_NAME).read_text())
-        resumed_from = {"step": step, **held_state(engine)}
+            resumed_from = {"step": step, **held_state(engine, task.export_state(gathered_state(engine.module), frozen))}
+            ema_dir = Path(directory) if (Path(directory) / EMA_STATE_NAME).is_file() else None
+        ema = (RankZeroEMA(engine.module, rank, cfg.ema.decay, cfg.ema.warmup, zero3, resumed=ema_dir is not None,
+                           load_state=lambda: load_ema_state(ema_dir)) if cfg.ema.enabled else None)
 
-    schedule = build_schedule(cfg.model.diffusion)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 7919 * step)  # fresh noise per resume
-    shard = ray.train.get_dataset_shard("train")
+    batches = batches_forever(ray.train.get_dataset_shard("train"), cfg, first_epoch=epoch)
+    micro = cfg.batch_size_per_worker
     losses, samples, started = [], {}, time.perf_counter()
     if board is not None:
         board.start.remote(step, cfg.max_steps)
-    for epoch, batch in batches_forever(shard, cfg, first_epoch=epoch):
-        if step >= cfg.max_steps:
-            break
-        loss = text_to_image_loss(engine.module, batch["image"], batch["caption"].tolist(), generator, schedule)
-        engine.backward(loss)
-        engine.step()
+    while step < cfg.max_steps:
+        for _ in range(cfg.grad_accum_steps):  # DeepSpeed steps the optimizer on the last one
+            epoch, batch = next(batches)
+            loss = task.loss(engine, task.batch_inputs(batch, frozen, generator, engine.device), dtype)
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+            samples.setdefault(epoch, []).extend(batch["key"].tolist())
         step += 1
-        losses.append(loss.item())
-        samples.setdefault(epoch, []).extend(batch["key"].tolist())
+        if ema is not None:
+            ema.update()
+        rate = len(losses) * micro * world / max(time.perf_counter() - started, 1e-9)
         if board is not None:
-            board.update.remote(step, sum(losses) / len(losses),
-                                len(losses) * cfg.batch_size_per_worker * world / (time.perf_counter() - started))
+            board.update.remote(step, sum(losses) / len(losses), rate)
 
         last = step == cfg.max_steps
-        if step % cfg.log_every and step % cfg.checkpoint_every and not last:
-            continue
-        elapsed = time.perf_counter() - started
-        metrics = {"step": step, "epoch": epoch, "loss": mean_over_workers(sum(losses) / len(losses), engine.device),
-                   "lr": scheduler.get_last_lr()[0],
-                   "samples_per_s": len(losses) * cfg.batch_size_per_worker * world / max(elapsed, 1e-9)}
-        losses, started = [], time.perf_counter()
-        history.append(metrics)
-        if step % cfg.checkpoint_every == 0 or last:
-            record = rank_record(engine, rank, world, step, samples, resumed_from)
-            samples = {}
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(engine, step, epoch, rank, Path(tmp), history, record)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+        if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or last:
+            metrics = {"step": step, "epoch": epoch, "loss": mean_over_workers(sum(losses) / len(losses), engine.device),
+                       "lr": scheduler.get_last_lr()[0], "samples_per_s": rate}
+            losses, started = [], time.perf_counter()
+            history.append(metrics)
+            if scalars is not None:
+                scalars.log(metrics)
+            if step % cfg.checkpoint_every == 0 or last:
+                weights = task.export_state(gathered_state(engine.module), frozen)  # every rank: gathers
+                record = rank_record(engine, weights, rank, world, step, samples, resumed_from)
+                samples = {}
+                with tempfile.TemporaryDirectory() as tmp:
+                    save_checkpoint(engine, task, frozen, weights, step, epoch, rank, Path(tmp), history, record,
+                                    ema.ema if ema is not None else None)
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(metrics)
+        inject_fault(cfg, rank, step, run_dir)
+    if scalars is not None:
+        scalars.close()

@@ -1,5 +1,5 @@
 """Run by test_deepspeed_checkpoints.py in a subprocess: one DeepSpeed engine (world size 1, gloo on
-CPU) at a given ZeRO stage takes two steps, saves a checkpoint the way the Train loop does, and a
+CPU; the frozen text tower outside it) at a given ZeRO stage takes two steps, saves a checkpoint the way the Train loop does, and a
 fresh engine loads it back through the safe loader. Then a copy of the checkpoint with a pickled
 callable planted in it goes through ``engine.load_checkpoint``. Prints a JSON summary on the last line."""
 
@@ -40,7 +40,7 @@ def plant_callable(checkpoint: Path, marker: Path) -> Path:
 
     planted = checkpoint.parent / "planted"
     shutil.copytree(checkpoint, planted)
-    states = planted / DEEPSPEED_TAG / "mp_rank_00_model_states.pt"
+    states = next((planted / DEEPSPEED_TAG).glob("*mp_rank_00_model_states.pt"))  # ZeRO-3: zero_pp_rank_0_...
     payload = torch.load(states, weights_only=False)
     payload["planted"] = Planted()
     torch.save(payload, states)
@@ -48,52 +48,54 @@ def plant_callable(checkpoint: Path, marker: Path) -> Path:
 
 
 def main(stage: int, precision: str, out: Path) -> None:
-    import deepspeed
     import torch.distributed as dist
 
     from models.text_to_image import TextToImageDiffuser
     from training.checkpointing import use_safe_checkpoint_loading
     from training.config import TrainConfig
-    from training.loop import DEEPSPEED_TAG, build_optimizer, deepspeed_config, save_checkpoint
+    from training.engine import compute_dtype, gathered_state
+    from training.loop import DEEPSPEED_TAG, build_engine, save_checkpoint
     from training.recipes import text_to_image_demo_debug
-    from training.step import text_to_image_loss
+    from training.task import build_task
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29533"),
                       RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     dist.init_process_group("gloo", rank=0, world_size=1)
     cfg: TrainConfig = text_to_image_demo_debug()
     cfg.zero_stage, cfg.precision = stage, precision
+    task = build_task(cfg)
 
     def engine_for():
-        torch.manual_seed(0)
-        model = TextToImageDiffuser(cfg.model)
-        optimizer, scheduler = build_optimizer(model, cfg)
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                          config=deepspeed_config(cfg))
+        engine, frozen, _ = build_engine(cfg, task)
         use_safe_checkpoint_loading(engine)
-        return engine
+        return engine, frozen
 
-    engine = engine_for()
-    initial = {k: v.float().cpu().clone() for k, v in engine.module.state_dict().items()}
+    def full_weights(engine, frozen):  # the model's layout: unet.* (gathered under ZeRO-3) + text_encoder.*
+        return {k: v.float().cpu().clone() for k, v in task.export_state(gathered_state(engine.module), frozen).items()}
+
+    engine, frozen = engine_for()
+    initial = full_weights(engine, frozen)
     images = np.random.default_rng(0).integers(0, 256, (cfg.batch_size_per_worker, 16, 16, 3), dtype=np.uint8)
+    batch = {"image": images, "caption": np.array(["a red circle"] * len(images))}
     for _ in range(2):
-        loss = text_to_image_loss(engine.module, images, ["a red circle"] * len(images), torch.Generator().manual_seed(1))
-        engine.backward(loss)
+        inputs = task.batch_inputs(batch, frozen, torch.Generator().manual_seed(1), engine.device)
+        engine.backward(task.loss(engine, inputs, compute_dtype(cfg)))
         engine.step()
-    save_checkpoint(engine, step=2, epoch=1, rank=0, directory=out, history=[{"step": 2}])
-    trained = {k: v.float().cpu().clone() for k, v in engine.module.state_dict().items()}
+    weights = task.export_state(gathered_state(engine.module), frozen)
+    save_checkpoint(engine, task, frozen, weights, step=2, epoch=1, rank=0, directory=out, history=[{"step": 2}])
+    trained = full_weights(engine, frozen)
     trained_optimizer = flat_tensors(engine.optimizer.state_dict())
 
-    fresh = engine_for()
+    fresh, fresh_frozen = engine_for()
     fresh_optimizer = flat_tensors(fresh.optimizer.state_dict())
     _, client_state = fresh.load_checkpoint(str(out), tag=DEEPSPEED_TAG)
-    reloaded = {k: v.float().cpu() for k, v in fresh.module.state_dict().items()}
+    reloaded = full_weights(fresh, fresh_frozen)
     saved = TextToImageDiffuser.from_pretrained(out).state_dict()
 
     marker = out.parent / "planted-callable-ran"
     planted = plant_callable(out, marker)
     try:
-        engine_for().load_checkpoint(str(planted), tag=DEEPSPEED_TAG)
+        engine_for()[0].load_checkpoint(str(planted), tag=DEEPSPEED_TAG)
         refused = ""
     except pickle.UnpicklingError as err:
         refused = str(err)
