@@ -133,3 +133,18 @@ def test_activation_checkpointing_reaches_models_that_have_it_and_is_refused_for
     assert frozen is None and all(u.gradient_checkpointing for u in trainable.unets.values())
     _, plain = build_parts(dataclasses.replace(cfg, activation_checkpointing=False), CoDiImageTask())
     assert not any(u.gradient_checkpointing for u in plain.unets.values())
+
+
+def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path):
+    """The event files TensorBoard reads carry the same values as the JSON lines (read back with
+    TensorBoard's own EventAccumulator, not with the writer's code)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = ScalarLog(str(tmp_path / "run"))
+    for step, loss in ((2, 0.75), (4, 0.5), (6, 0.25)):
+        log.log({"step": step, "loss": loss, "lr": 1e-3 * step})
+    log.close()
+    events = EventAccumulator(str(tmp_path / "run" / DIR_NAME))
+    events.Reload()
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars("loss")] == [(2, 0.75), (4, 0.5), (6, 0.25)]
+    assert [e.step for e in events.Scalars("lr")] == [2, 4, 6]
