@@ -2,7 +2,7 @@
 
     info_nce             symmetric InfoNCE with a CLIP-style log temperature (CoDi §3.2, CLIP)
     top1_retrieval       the fraction of rows whose nearest partner is their own pair
-    kl_vae_terms         reconstruction + KL of a diagonal-Gaussian VAE (LDM's autoencoder objective)
+    l1_reconstruction    Σ|x − x̂| per example, and beta_vae_loss = mean(rec + β·KL) (LDM's autoencoder)
     condition_keep_mask  classifier-free condition dropout (CoDi §3.3, Ho & Salimans 2022)
     sample_condition     one condition modality per example among the paired ones (CoDi §3.3)
     compose_condition    the chosen condition of each example, or the null one where dropped
@@ -59,19 +59,14 @@ def top1_retrieval(a: Tensor, b: Tensor) -> float:
     return float((sims.argmax(dim=1) == torch.arange(sims.shape[0], device=sims.device)).float().mean())
 
 
-def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(μ, σ²) ‖ N(0, I)) per example = ½ Σ (μ² + σ² − log σ² − 1) over every non-batch dim."""
-    return 0.5 * (mean.pow(2) + logvar.exp() - logvar - 1).flatten(1).sum(1)
+def l1_reconstruction(x: Tensor, reconstruction: Tensor) -> Tensor:
+    """Σ|x − x̂| per example — LDM's autoencoder reconstruction term (summed, as its ``nll_loss``)."""
+    return (x.float() - reconstruction.float()).abs().flatten(1).sum(1)
 
 
-def kl_vae_terms(x: Tensor, reconstruction: Tensor, mean: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
-    """(rec, kl) per example: rec = Σ|x − x̂| (LDM's L1 reconstruction, summed), kl = KL(q(z|x) ‖ N(0, I)).
-
-    The loss is ``rec + β·kl`` (LDM's autoencoder uses β = 1e-6 on these sums, without its perceptual
-    and adversarial terms here).
-    """
-    rec = (x.float() - reconstruction.float()).abs().flatten(1).sum(1)
-    return rec, gaussian_kl(mean.float(), logvar.float())
+def beta_vae_loss(rec: Tensor, kl: Tensor, beta: float) -> Tensor:
+    """mean_b(rec + β·KL(q(z|x) ‖ N(0, I))) — the β-VAE objective (LDM's autoencoder: β = 1e-6 on sums)."""
+    return (rec.float() + beta * kl.float()).mean()
 
 
 def condition_keep_mask(batch: int, drop_prob: float, generator: torch.Generator) -> Tensor:
