@@ -131,6 +131,10 @@ class AutoencoderTask:
         self.objective, self.cfg = objective, codecs
         self.tokenizers = load_tokenizers(codecs.text) if objective.piece == "text" else None
 
+    @property
+    def required(self) -> list[str]:
+        return [DATA[self.objective.piece]]
+
     def vae_config(self):
         return self.cfg.audio.vae if self.objective.piece == "audio" else self.cfg.image
 

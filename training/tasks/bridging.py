@@ -62,6 +62,10 @@ class BridgingTask:
     def __init__(self, objective: BridgingObjective, encoder: Callable[[], nn.Module], text: Callable[[], nn.Module]):
         self.objective, self.make_encoder, self.make_text = objective, encoder, text
 
+    @property
+    def required(self) -> list[str]:
+        return sorted({self.objective.modality, "text"})
+
     def build_trainable(self) -> nn.Module:
         o = self.objective
         return BridgingModule(self.make_encoder(), o.modality, o.init_temperature)

@@ -113,6 +113,10 @@ class CascadeTask:
         self.schedule = build_schedule(objective.diffusion)
         self.aug_schedule = CosineSchedule()
 
+    @property
+    def required(self) -> list[str]:
+        return sorted({"video", *self.objective.condition.weights})
+
     def build_trainable(self) -> nn.Module:
         return CascadeDenoiser(self.spec)
 

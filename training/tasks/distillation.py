@@ -69,6 +69,10 @@ class DistillationTask:
         self.make_student = student or teacher
         self.diffusion, self.schedule = diffusion, build_schedule(diffusion)
 
+    @property
+    def required(self) -> list[str]:
+        return sorted({self.objective.modality, *self.objective.condition.weights})
+
     def build_trainable(self) -> nn.Module:
         student = self.make_student()
         self.student_config = getattr(student, "config", None)

@@ -117,6 +117,10 @@ class LatentAlignmentTask:
         self.objective, self.make_codi, self.make_codecs = objective, codi, codecs
         self.diffusion = None
 
+    @property
+    def required(self) -> list[str]:
+        return sorted({*self.objective.phase.modalities, *self.objective.condition.weights})
+
     def build_trainable(self) -> nn.Module:
         codi = contiguous_group_norm_inputs(self.make_codi())
         set_alignment_trainable(codi, self.objective.phase.train)

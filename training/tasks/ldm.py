@@ -94,6 +94,11 @@ class LDMTask:
         self.diffusion = codi.diffusion
         self.schedule = build_schedule(codi.diffusion)
 
+    @property
+    def required(self) -> list[str]:
+        """Modalities the stage's shard set must carry (for ``batches.check_manifest`` before the stage starts)."""
+        return sorted({self.objective.modality, *self.objective.condition.weights})
+
     def build_trainable(self) -> nn.Module:
         return CoDi(self.codi_config)
 
