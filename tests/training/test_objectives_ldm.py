@@ -105,3 +105,18 @@ def test_loss_falls_on_a_fixed_batch(codecs, modality, unets, batch):
                                                                rel=1e-5)
     losses = adam_steps(task, model, inputs, steps=12, lr=3e-3)
     assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_inputs_split_into_micro_batches(codecs):
+    """Every input has the batch as its first dim and the loss is a per-example mean, so the engine may
+    split a step's inputs into micro-batches (gradient accumulation) without changing the step."""
+    torch.manual_seed(0)
+    task = LDMTask(LDMObjective("image"), tiny_codi(image=tiny_image()), lambda: codecs)
+    model = task.build_trainable()
+    inputs = task.batch_inputs(laion_batch(4), codecs, torch.Generator().manual_seed(3), torch.device("cpu"))
+    assert all(v.shape[0] == 4 for v in inputs.values())
+    halves = [{k: v[i * 2:(i + 1) * 2] for k, v in inputs.items()} for i in range(2)]
+    with torch.no_grad():
+        whole = task.loss(model, inputs).item()
+        split = sum(task.loss(model, h).item() for h in halves) / 2
+    assert whole == pytest.approx(split, rel=1e-5)
