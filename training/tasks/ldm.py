@@ -89,8 +89,10 @@ def encode_target(codecs: Codecs, batch: Mapping, modality: str, shard_set: str,
 class LDMTask:
     """The ``ldm`` stage kind: one generated modality on its UNet of a ``CoDi``."""
 
-    def __init__(self, objective: LDMObjective, codi: CoDiConfig, codecs: Callable[[], Codecs]):
-        self.objective, self.codi_config, self.make_codecs = objective, codi, codecs
+    def __init__(self, objective: LDMObjective, codi: CoDiConfig, codecs: Callable[[], Codecs],
+                 init: Optional[Callable[[], CoDi]] = None):
+        """``codi`` sizes the model; ``init`` (optional) builds it instead, e.g. ``CoDi.from_pretrained`` of an upstream stage."""
+        self.objective, self.codi_config, self.make_codecs, self.init = objective, codi, codecs, init
         self.diffusion = codi.diffusion
         self.schedule = build_schedule(codi.diffusion)
 
@@ -100,7 +102,7 @@ class LDMTask:
         return sorted({self.objective.modality, *self.objective.condition.weights})
 
     def build_trainable(self) -> nn.Module:
-        return CoDi(self.codi_config)
+        return self.init() if self.init is not None else CoDi(self.codi_config)
 
     def build_frozen(self) -> Optional[nn.Module]:
         return frozen(self.make_codecs())
