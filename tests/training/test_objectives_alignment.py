@@ -15,7 +15,7 @@ from training.tasks.latent_alignment import (PHASES, LatentAlignmentObjective, L
 from training.tasks.ldm import ConditionConfig
 
 from objectives_helpers import (audiocaps_batch, debug_codecs, laion_batch, randomize, tiny_audio, tiny_codi,
-                                tiny_image, tiny_text, write_tokenizers)
+                                tiny_image, tiny_text, webvid_batch, write_tokenizers)
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +31,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def make_codi() -> CoDi:
+def make_codi(video: bool = False) -> CoDi:
     torch.manual_seed(0)
-    return randomize(CoDi(tiny_codi(image=tiny_image(), audio=tiny_audio(), text=tiny_text())), seed=3)
+    return randomize(CoDi(tiny_codi(image=tiny_image(video=video), audio=tiny_audio(), text=tiny_text())), seed=3)
 
 
 def test_trainable_names_are_exactly_v_and_connectors():
@@ -50,10 +50,11 @@ def test_trainable_names_are_exactly_v_and_connectors():
     assert {n for n, p in codi.named_parameters() if p.requires_grad} == expected
 
 
-@pytest.mark.parametrize("phase,batch", [("text_image", laion_batch(4)), ("audio_text", audiocaps_batch(4))])
+@pytest.mark.parametrize("phase,batch", [("text_image", laion_batch(4)), ("audio_text", audiocaps_batch(4)),
+                                         ("video_audio", webvid_batch(4, frames=2, size=8))])
 def test_only_phase_weights_move_and_joint_loss_falls(codecs, phase, batch):
     task = LatentAlignmentTask(LatentAlignmentObjective(PHASES[phase], ConditionConfig({"text": 1.0}, 0.1)),
-                               codi=make_codi, codecs=lambda: codecs)
+                               codi=lambda: make_codi(video=phase == "video_audio"), codecs=lambda: codecs)
     module = task.build_trainable()
     before = {k: v.clone() for k, v in module.state_dict().items()}
     inputs = task.batch_inputs(batch, codecs, torch.Generator().manual_seed(0), torch.device("cpu"))
@@ -72,8 +73,9 @@ def test_only_phase_weights_move_and_joint_loss_falls(codecs, phase, batch):
     moved = {k for k, v in module.state_dict().items() if not torch.equal(v, before[k])}
     expected = {f"codi.{n}" for n in alignment_parameter_names(module.codi, PHASES[phase].train)}
     assert moved == expected                      # every V / connector weight of the trained UNets, nothing else
-    if phase == "audio_text":                     # text's V / connectors stay frozen in phase 2
-        assert not any(k.startswith("codi.unets.text.") for k in moved)
+    frozen_unet = {"audio_text": "text", "video_audio": "audio"}.get(phase)
+    if frozen_unet:                               # phase 2 keeps text's V / connectors, phase 3 audio's
+        assert not any(k.startswith(f"codi.unets.{frozen_unet}.") for k in moved)
     assert losses[-1] < 0.9 * losses[0], losses             # the joint loss (Σ ε terms + λ·contrastive) falls
     assert last["contrastive"] < 0.9 * first["contrastive"]  # V outputs of the pairs align
     for m in PHASES[phase].train:                            # and each trained modality denoises better
