@@ -1,0 +1,123 @@
+"""Per-modality LDM objective (CoDi §3.3): loss falls on a fixed batch, dropout and condition sampling
+realise their configured rates, dropped rows carry exactly the null condition."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.diffusion.losses import mse_per_sample
+from training.objectives import compose_condition, condition_keep_mask, sample_condition
+from training.tasks.ldm import ConditionConfig, LDMObjective, LDMTask
+
+from objectives_helpers import (adam_steps, audiocaps_batch, debug_codecs, laion_batch, tiny_audio, tiny_codi,
+                                tiny_image, tiny_text, webvid_batch, write_tokenizers)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dirs(tmp_path_factory):
+    return write_tokenizers(tmp_path_factory.mktemp("tokenizers"))
+
+
+@pytest.fixture(scope="module")
+def codecs(tokenizer_dirs):
+    return debug_codecs(tokenizer_dirs)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_dropout_rate_is_realised():
+    gen = torch.Generator().manual_seed(0)
+    n, p = 40000, 0.1
+    keep = condition_keep_mask(n, p, gen)
+    dropped = 1 - keep.float().mean().item()
+    assert abs(dropped - p) < 4 * math.sqrt(p * (1 - p) / n)     # 4 standard errors
+    assert condition_keep_mask(1000, 0.0, gen).all() and not condition_keep_mask(1000, 1.0, gen).any()
+
+
+def test_condition_modality_distribution_follows_weights_among_available():
+    gen = torch.Generator().manual_seed(1)
+    n = 30000
+    weights = [0.5, 0.3, 0.2]                       # text, image, audio
+    available = torch.ones(n, 3, dtype=torch.bool)
+    available[n // 2:, 2] = False                   # the second half has no audio
+    choice = sample_condition(available, weights, gen)
+    first, second = choice[: n // 2], choice[n // 2:]
+    for idx, want in enumerate(weights):
+        got = (first == idx).float().mean().item()
+        assert abs(got - want) < 4 * math.sqrt(want * (1 - want) / (n // 2))
+    assert not (second == 2).any()                  # never an absent modality
+    # renormalised among text/image: 0.5/0.8 and 0.3/0.8
+    assert abs((second == 0).float().mean().item() - 0.625) < 4 * math.sqrt(0.625 * 0.375 / (n // 2))
+    with pytest.raises(ValueError, match="no available condition"):
+        sample_condition(torch.zeros(2, 3, dtype=torch.bool), weights, gen)
+
+
+def test_compose_condition_picks_chosen_or_null():
+    cands = torch.arange(2 * 3 * 1 * 2, dtype=torch.float32).view(2, 3, 1, 2)
+    null = -torch.ones(2, 3, 1, 2) * torch.tensor([1.0, 2.0]).view(2, 1, 1, 1)
+    out = compose_condition(cands, torch.tensor([0, 1, 1]), torch.tensor([True, True, False]), null)
+    assert torch.equal(out[0], cands[0, 0]) and torch.equal(out[1], cands[1, 1]) and torch.equal(out[2], null[1, 2])
+
+
+def test_batch_inputs_context_is_chosen_condition_or_null(codecs):
+    task = LDMTask(LDMObjective("video", ConditionConfig({"text": 1.0, "audio": 1.0}, drop_prob=0.3), "webvid"),
+                   tiny_codi(image=tiny_image(video=True)), lambda: codecs)
+    batch = webvid_batch(n=12, with_audio=[True, False] * 6)
+    inputs = task.batch_inputs(batch, codecs, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert inputs["x0"].shape == (12, 4, 4, 8, 8) and inputs["context"].shape == (12, 1, 768)
+    with torch.no_grad():
+        text = codecs.condition("text", list(batch["caption"]))
+        audio = codecs.condition("audio", torch.from_numpy(batch["audio"].astype(np.float32)))
+        nulls = [codecs.null("text", 1)[0], codecs.null("audio", 1)[0]]
+    for i in range(12):
+        c = int(inputs["cond_choice"][i])
+        if i % 2 == 1:
+            assert c == 0                            # silent clip: audio is never the condition
+        want = (text, audio)[c][i] if inputs["cond_keep"][i] else nulls[c]
+        torch.testing.assert_close(inputs["context"][i], want)
+    assert not inputs["cond_keep"].all() and inputs["cond_keep"].any()
+
+
+@pytest.mark.parametrize("modality,unets,batch", [
+    ("image", {"image": tiny_image()}, laion_batch(4)),
+    ("audio", {"audio": tiny_audio()}, audiocaps_batch(4)),
+    ("text", {"text": tiny_text()}, laion_batch(4)),
+    ("video", {"image": tiny_image(video=True)}, webvid_batch(2, frames=2, size=8)),
+])
+def test_loss_falls_on_a_fixed_batch(codecs, modality, unets, batch):
+    torch.manual_seed(0)
+    task = LDMTask(LDMObjective(modality, ConditionConfig({"text": 1.0}, drop_prob=0.1)), tiny_codi(**unets),
+                   lambda: codecs)
+    model = task.build_trainable()
+    inputs = task.batch_inputs(batch, codecs, torch.Generator().manual_seed(0), torch.device("cpu"))
+    with torch.no_grad():   # the task's loss is the core's ε-MSE of one CoDi call (oracle: direct computation)
+        eps_hat = model({modality: inputs["z_t"]}, inputs["t"].float(), inputs["context"])[modality]
+        assert task.loss(model, inputs).item() == pytest.approx(mse_per_sample(eps_hat, inputs["eps"]).mean().item(),
+                                                               rel=1e-5)
+    losses = adam_steps(task, model, inputs, steps=20, lr=2e-3)
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_inputs_split_into_micro_batches(codecs):
+    """Every input has the batch as its first dim and the loss is a per-example mean, so the engine may
+    split a step's inputs into micro-batches (gradient accumulation) without changing the step."""
+    torch.manual_seed(0)
+    task = LDMTask(LDMObjective("image"), tiny_codi(image=tiny_image()), lambda: codecs)
+    model = task.build_trainable()
+    inputs = task.batch_inputs(laion_batch(4), codecs, torch.Generator().manual_seed(3), torch.device("cpu"))
+    assert all(v.shape[0] == 4 for v in inputs.values())
+    halves = [{k: v[i * 2:(i + 1) * 2] for k, v in inputs.items()} for i in range(2)]
+    with torch.no_grad():
+        whole = task.loss(model, inputs).item()
+        split = sum(task.loss(model, h).item() for h in halves) / 2
+    assert whole == pytest.approx(split, rel=1e-5)

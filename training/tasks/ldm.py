@@ -1,0 +1,131 @@
+"""Per-modality latent diffusion (CoDi §3.3): ε-prediction on ``Codecs.encode`` latents through ``CoDi``.
+
+    L = E_{z, ε, t} ‖ε − ε_θ(z_t, t, C(y))‖²          (CoDi Eq. 1; target per the stage's DiffusionConfig)
+
+with C(y) the frozen, aligned prompt encoder of ONE condition modality drawn per example among the
+modalities the example is paired with (multi-condition training), replaced by that modality's null
+embedding (``Codecs.null``) with probability ``cond_drop_prob`` (classifier-free guidance).
+
+Task shape: trainable = ``CoDi``; frozen = ``Codecs``; ``batch_inputs`` encodes the target modality,
+embeds every condition, draws the condition modality, the dropout, t and ε; ``loss`` is one CoDi
+call and the core's ``diffusion_loss``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from models.codecs import Codecs
+from models.codi import CoDi, CoDiConfig
+from models.diffusion.config import build_schedule, conditioning_time
+from models.diffusion.losses import diffusion_loss
+from training.objectives import compose_condition, condition_keep_mask, diffusion_draw, sample_condition
+from training.tasks.base import frozen, save_codi_folder, weighted_mean
+from training.tasks.batches import batch_size, modality_data, presence
+
+GENERATED = ("image", "video", "audio", "text")
+CONDITIONS = ("text", "image", "video", "audio")
+
+
+@dataclass
+class ConditionConfig:
+    """Condition modality → sampling weight (drawn per example among the ones it is paired with), and the
+    classifier-free dropout rate (CoDi trains with 10 %, as Stable Diffusion)."""
+
+    weights: dict[str, float] = field(default_factory=lambda: {"text": 1.0})
+    drop_prob: float = 0.1
+
+    def __post_init__(self):
+        unknown = sorted(set(self.weights) - set(CONDITIONS))
+        if unknown or not self.weights:
+            raise ValueError(f"condition weights must name some of {', '.join(CONDITIONS)}, got {sorted(self.weights)}")
+        if any(w < 0 for w in self.weights.values()) or not any(w > 0 for w in self.weights.values()):
+            raise ValueError("condition weights must be >= 0 with at least one > 0")
+        if not 0.0 <= self.drop_prob <= 1.0:
+            raise ValueError("drop_prob must lie in [0, 1]")
+
+
+@dataclass
+class LDMObjective:
+    """One modality's LDM stage: ``modality`` is generated, conditioned as ``condition`` says."""
+
+    modality: str = "image"
+    condition: ConditionConfig = field(default_factory=ConditionConfig)
+    shard_set: str = "data"          # named in errors about missing tensors
+
+    def __post_init__(self):
+        if self.modality not in GENERATED:
+            raise ValueError(f"modality must be one of {', '.join(GENERATED)}, got {self.modality!r}")
+
+
+@torch.no_grad()
+def condition_inputs(codecs: Codecs, batch: Mapping, cfg: ConditionConfig, shard_set: str,
+                     generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+    """``context`` (b, 1, 768) plus what was drawn: ``cond_choice`` (index into ``cfg.weights``) and ``cond_keep``."""
+    names, weights = list(cfg.weights), list(cfg.weights.values())
+    b = batch_size(batch)
+    available = torch.stack([presence(batch, c, shard_set) for c in names], dim=1)
+    choice = sample_condition(available, weights, generator)
+    keep = condition_keep_mask(b, cfg.drop_prob, generator)
+    embeds = torch.stack([codecs.condition(c, modality_data(batch, c, shard_set)).float() for c in names])
+    nulls = torch.stack([codecs.null(c, 1).float().expand(b, -1, -1) for c in names])
+    context = compose_condition(embeds.to(device), choice.to(device), keep.to(device), nulls.to(device))
+    return {"context": context, "cond_choice": choice.to(device), "cond_keep": keep.to(device)}
+
+
+@torch.no_grad()
+def encode_target(codecs: Codecs, batch: Mapping, modality: str, shard_set: str,
+                  device: torch.device) -> tuple[Tensor, Tensor]:
+    """(x0, weight): the scaled latent of the batch's ``modality`` and 1/0 per example where it is present/absent."""
+    x0 = codecs.encode(modality, modality_data(batch, modality, shard_set)).float().to(device)
+    return x0, presence(batch, modality, shard_set).float().to(device)
+
+
+class LDMTask:
+    """The ``ldm`` stage kind: one generated modality on its UNet of a ``CoDi``."""
+
+    def __init__(self, objective: LDMObjective, codi: CoDiConfig, codecs: Callable[[], Codecs],
+                 init: Optional[Callable[[], CoDi]] = None):
+        """``codi`` sizes the model; ``init`` (optional) builds it instead, e.g. ``CoDi.from_pretrained`` of an upstream stage."""
+        self.objective, self.codi_config, self.make_codecs, self.init = objective, codi, codecs, init
+        self.diffusion = codi.diffusion
+        self.schedule = build_schedule(codi.diffusion)
+
+    @property
+    def required(self) -> list[str]:
+        """Modalities the stage's shard set must carry (for ``batches.check_manifest`` before the stage starts)."""
+        return sorted({self.objective.modality, *self.objective.condition.weights})
+
+    def build_trainable(self) -> nn.Module:
+        return self.init() if self.init is not None else CoDi(self.codi_config)
+
+    def build_frozen(self) -> Optional[nn.Module]:
+        return frozen(self.make_codecs())
+
+    def batch_inputs(self, batch: Mapping, codecs: Codecs, generator: torch.Generator,
+                     device: torch.device) -> dict[str, Tensor]:
+        o = self.objective
+        x0, weight = encode_target(codecs, batch, o.modality, o.shard_set, device)
+        inputs = condition_inputs(codecs, batch, o.condition, o.shard_set, generator, device)
+        return {**inputs, **diffusion_draw(x0, self.diffusion, self.schedule, generator), "weight": weight}
+
+    def per_sample_loss(self, denoiser, inputs: Mapping[str, Tensor], dtype: torch.dtype) -> Tensor:
+        m = self.objective.modality
+        t = conditioning_time(self.diffusion, inputs["t"])
+        out = denoiser({m: inputs["z_t"].to(dtype)}, t, inputs["context"].to(dtype))[m]
+        return diffusion_loss(out, inputs["x0"], inputs["eps"], inputs["alpha"], inputs["sigma"],
+                              self.diffusion.prediction, self.diffusion.min_snr_gamma)
+
+    def loss(self, denoiser, inputs: Mapping[str, Tensor], dtype: torch.dtype = torch.float32) -> Tensor:
+        return weighted_mean(self.per_sample_loss(denoiser, inputs, dtype), inputs.get("weight"))
+
+    def export_state(self, trainable: dict[str, Tensor], frozen_part=None) -> dict[str, Tensor]:
+        return dict(trainable)
+
+    def save_pretrained(self, directory: Path, state: dict[str, Tensor], weights_name: str) -> None:
+        save_codi_folder(directory, state, self.codi_config, weights_name)
