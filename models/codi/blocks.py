@@ -22,8 +22,11 @@ class GroupNorm32(nn.GroupNorm):
         super().__init__(32, channels, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
+        # .contiguous(): after rearrange/cat the activations can be channels-last-strided, and PyTorch
+        # 2.11's CPU GroupNorm backward for that layout segfaults when x needs a gradient but the weight
+        # does not — a frozen UNet block behind a trainable connector (latent alignment).
         weight, bias = self.weight.float(), self.bias.float()
-        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
+        return F.group_norm(x.float().contiguous(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 def zero_(module: nn.Module) -> nn.Module:
@@ -158,7 +161,7 @@ class SpatialTransformer(nn.Module):
     def __init__(self, channels: int, heads: int, dim_head: int, context_dim: int, depth: int = 1):
         super().__init__()
         inner = heads * dim_head
-        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
+        self.norm = GroupNorm32(channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
             [BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth)])

@@ -48,20 +48,3 @@ def device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
-    return (args[0].contiguous(),) + tuple(args[1:])
-
-
-def contiguous_group_norm_inputs(model: nn.Module) -> nn.Module:
-    """Hand every GroupNorm of ``model`` a contiguous input (same values, standard memory layout).
-
-    Works around a PyTorch 2.11 CPU crash: the channels-last GroupNorm backward kernel segfaults
-    (memcpy into the weight-gradient buffer) when its input needs a gradient but its weight does not,
-    which is exactly a frozen UNet block behind a trainable connector (latent alignment). CoDi's
-    blocks produce channels-last-strided activations after ``rearrange``/``cat``; making them
-    contiguous selects the ordinary kernel. The proper place for this is models/codi/blocks.py.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.GroupNorm):
-            module.register_forward_pre_hook(_contiguous_input)
-    return model

@@ -31,7 +31,7 @@ from models.diffusion.config import build_schedule, conditioning_time
 from models.diffusion.losses import diffusion_loss
 from models.diffusion.schedules import sample_timesteps
 from training.objectives import diffusion_draw, info_nce
-from training.tasks.base import contiguous_group_norm_inputs, frozen, save_codi_folder, strip_prefix, weighted_mean
+from training.tasks.base import frozen, save_codi_folder, strip_prefix, weighted_mean
 from training.tasks.ldm import ConditionConfig, condition_inputs, encode_target
 
 ALIGNMENT_MODULES = ("connecters_out.", "input_block_connecters_in.", "output_block_connecters_in.")
@@ -122,7 +122,7 @@ class LatentAlignmentTask:
         return sorted({*self.objective.phase.modalities, *self.objective.condition.weights})
 
     def build_trainable(self) -> nn.Module:
-        codi = contiguous_group_norm_inputs(self.make_codi())
+        codi = self.make_codi()
         set_alignment_trainable(codi, self.objective.phase.train)
         self.codi_config: CoDiConfig = codi.config
         self.diffusion, self.schedule = codi.config.diffusion, build_schedule(codi.config.diffusion)
