@@ -64,6 +64,6 @@ def test_flag_values_stay_strings(tmp_path):
     from training.cli import resolve_train_config
 
     args = Namespace(recipe="text_to_image_demo_debug", config=None, overrides=["max_steps=4"],
-                     name="2024", storage_path="on", data="007")
+                     name="2024", storage_path="on", data=["007"])
     cfg = resolve_train_config(args)
     assert (cfg.name, cfg.storage_path, cfg.data.path, cfg.max_steps) == ("2024", "on", "007", 4)
