@@ -91,13 +91,6 @@ def folders(tmp_path_factory):
             "wav": wav, "bad": bad}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def generate(*argv) -> int:
     return cli.main(["generate", "--device", "cpu", "--steps", "3", "--size", "16", *argv])

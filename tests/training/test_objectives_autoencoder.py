@@ -21,13 +21,6 @@ def cfg(tmp_path_factory):
     return debug_codecs_config(write_tokenizers(tmp_path_factory.mktemp("tokenizers")))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_kl_vae_loss_is_l1_plus_beta_closed_form_kl(cfg):
     torch.manual_seed(0)

@@ -16,13 +16,6 @@ from training.tasks.bridging import BridgingObjective, BridgingTask
 from objectives_helpers import CAPTIONS, audiocaps_batch, debug_codecs, debug_codecs_config, write_tokenizers
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def closed_form_info_nce(a: np.ndarray, b: np.ndarray, scale: float) -> float:
     """½ (mean_i −log softmax_j(s·cos(a_i, b_j))_i + mean_j −log softmax_i(s·cos(a_i, b_j))_j), in numpy float64."""

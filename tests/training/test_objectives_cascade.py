@@ -19,13 +19,6 @@ def codecs(tmp_path_factory):
     return debug_codecs(write_tokenizers(tmp_path_factory.mktemp("tokenizers")))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_upsample_of_downsample_of_constant_is_the_constant():
     video = torch.full((2, 3, 4, 16, 16), 0.37)

@@ -23,13 +23,6 @@ def codecs(tmp_path_factory):
     return debug_codecs(write_tokenizers(tmp_path_factory.mktemp("tokenizers")))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class PointMassTeacher(nn.Module):
     """The exact ε-denoiser when each row's data is the single point x*: ε̂ = (z_t − α_t x*) / σ_t."""

@@ -27,13 +27,6 @@ def codecs(tokenizer_dirs):
     return debug_codecs(tokenizer_dirs)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_dropout_rate_is_realised():
     gen = torch.Generator().manual_seed(0)
