@@ -65,11 +65,17 @@ def _convert():
     return convert
 
 
+def _report():
+    from codiray import report
+
+    return report
+
+
 # Subcommand -> the module that registers it. Only the invoked one is imported (training's pull in
 # torch, ~2 s), so `codiray submit`/`jobs`/`prepare` start fast; `--help` imports them all.
 COMMANDS = {"prepare": _prepare, "train": _train, "generate": _generate, "demo": _demo,
             "submit": _cluster, "jobs": _cluster, "bench": _bench, "eval": _evaluate,
-            "convert": _convert}
+            "convert": _convert, "report": _report}
 
 
 class _Parser(argparse.ArgumentParser):

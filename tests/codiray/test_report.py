@@ -1,0 +1,361 @@
+"""`codiray report`: report.html from a generations folder of real toy-world media (PNG, H.264 MP4 with
+its sound, WAV, TXT), the metrics the real `codiray eval` scores on it, and a schedule.json with each
+stage's scalars.jsonl — checked as HTML (files, escaping, the DAG's nodes and edges, goals met/missed
+counted by hand from what is planted) and in headless Chromium driven over the DevTools protocol
+(every image decoded, every player loaded with a decoded frame, no console error, a screenshot).
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import html.parser
+import io
+import json
+import os
+import select
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from codiray.cli import main
+from codiray.report import read_losses
+from pipelines.toyworld import render_image
+from pipelines.toyworld_av import write_clip, write_sound
+from pipelines.toyworld_spec import COLORS, Clip, Scene, Sound
+
+HOSTILE = "<img src=x onerror=\"console.error('escaped?')\"> & 'quotes'"
+SCENES = [Scene("red", "circle", "left"), Scene("blue", "square", "right")]
+CLIP = Clip("green", "triangle", "down", "slowly")
+OTHER = Clip("yellow", "square", "left", "quickly")
+SOUND = Sound("low", "pulsing")
+# The schedule: a -> c, b -> c, c -> d; d is still pending (no losses), b ran on S3 (not drawn).
+STAGES = [("image", "ldm", [], "done"), ("audio<&>", "ldm", [], "done"),
+          ("joint", "codi_joint", ["image", "audio<&>"], "failed"), ("final", "codi_joint", ["joint"], "pending")]
+
+
+def build_generations(root: Path) -> Path:
+    """Planted: text->image position is wrong in 1 of 2 (50 %, goal missed), colour right in both
+    (100 %, met); text->audio pitch right (met); the joint video+audio sample agrees, the independent
+    one does not (joint 100 % vs independent 0 %: met)."""
+    root.mkdir(parents=True)
+    samples = []
+    for i, scene in enumerate(SCENES):
+        shown = Scene(scene.color, scene.shape, "bottom") if i == 1 else scene
+        render_image(shown, 64).save(root / f"{i:04d}.png")
+        samples.append({"task": "text->image", "inputs": {"text": scene.caption}, "outputs": {"image": f"{i:04d}.png"},
+                        "seed": i})
+    samples[0]["inputs"]["text"] = SCENES[0].caption + " " + HOSTILE       # the prompt is free text ...
+    samples[0]["truth"] = SCENES[0].attributes()                          # ... its truth given
+    write_clip(root / "0002.mp4", CLIP)                                   # H.264 + AAC, the sound muxed in
+    write_sound(root / "0002.wav", CLIP.sound)
+    samples.append({"task": "text->video+audio", "inputs": {"text": CLIP.caption}, "mode": "joint",
+                    "outputs": {"video": "0002.mp4", "audio": "0002.wav"}, "seed": 2})
+    write_clip(root / "0003.mp4", OTHER, with_audio=False)
+    write_sound(root / "0003.wav", Sound("shrill", "ticking"))           # belongs to no yellow-left clip
+    samples.append({"task": "text->video+audio", "inputs": {"text": OTHER.caption}, "mode": "independent",
+                    "outputs": {"video": "0003.mp4", "audio": "0003.wav"}, "seed": 3})
+    write_sound(root / "0004.wav", SOUND)
+    samples.append({"task": "text->audio", "inputs": {"text": SOUND.caption}, "outputs": {"audio": "0004.wav"}})
+    (root / "inputs").mkdir()
+    render_image(SCENES[1], 64).save(root / "inputs" / "0005.png")
+    (root / "0005.txt").write_text(SCENES[1].caption + "\n")
+    samples.append({"task": "image->text", "inputs": {"image": "inputs/0005.png"}, "outputs": {"text": "0005.txt"}})
+    (root / "generation.json").write_text(json.dumps({"samples": samples, "runs": []}))
+    return root
+
+
+def build_schedule(root: Path) -> Path:
+    records = []
+    for index, (name, kind, needs, status) in enumerate(STAGES):
+        run_dir = root / "runs" / f"stage{index}"
+        if name == "audio<&>":
+            run_dir = "s3://bucket/runs/audio"
+        elif status != "pending":
+            (run_dir / "tensorboard").mkdir(parents=True)
+            # 0..9 then a resume that logs steps 8 and 9 again with other values (the later must win)
+            lines = [{"step": s, "loss": 1.0 / (1 + s), "lr": 1e-3} for s in range(10)]
+            lines += [{"step": 8, "loss": 0.5, "lr": 1e-3}, {"step": 9, "loss": 0.25, "lr": 1e-3}]
+            (run_dir / "tensorboard" / "scalars.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        records.append({"name": name, "kind": kind, "needs": needs, "status": status,
+                        "started": "2026-01-01T00:00:00.000+00:00", "finished": None, "resources": {"workers": 1},
+                        "run_dir": str(run_dir), "checkpoint": None,
+                        "reason": HOSTILE if status == "failed" else None, "phases": [], "metrics": {}})
+    path = root / "runs" / "schedule.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"schedule": "test", "name": "demo", "updated": "now", "stages": records}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    generations = build_generations(root / "generations")
+    assert main(["eval", "--generations", str(generations), "--out", str(root / "metrics")]) == 0
+    schedule = build_schedule(root)
+    assert main(["report", "--generations", str(generations), "--metrics", str(root / "metrics" / "metrics.json"),
+                 "--schedule", str(schedule), "--out", str(root / "out")]) == 0
+    return {"root": root, "generations": generations, "html": root / "out" / "report.html",
+            "metrics": json.loads((root / "metrics" / "metrics.json").read_text())}
+
+
+class Collect(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+class Rows(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.rows: list[list[str]] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.rows[-1].append("")
+
+    def handle_data(self, data):
+        if self.rows and self.rows[-1]:
+            self.rows[-1][-1] += data
+
+
+def table_rows(fragment: str) -> list[list[str]]:
+    rows = Rows()
+    rows.feed(fragment)
+    return rows.rows
+
+
+def parse(path: Path) -> Collect:
+    collect = Collect()
+    collect.feed(path.read_text(encoding="utf-8"))
+    return collect
+
+
+def test_every_referenced_file_exists_and_is_the_generated_one(report):
+    doc = parse(report["html"])
+    sources = [a["src"] for tag, a in doc.tags if tag in ("img", "source") and not a["src"].startswith("data:")]
+    assert len(sources) == 2 + 2 + 2 + 1 + 1  # text->image PNGs, MP4s and WAVs of the pairs, text->audio WAV, input PNG
+    for src in sources:
+        assert (report["html"].parent / src).is_file(), src
+    copied = sorted((report["html"].parent / s).read_bytes() for s in sources)
+    originals = sorted(p.read_bytes() for p in report["generations"].rglob("*") if p.suffix in (".png", ".mp4", ".wav"))
+    assert copied == originals
+    assert not [a for tag, a in doc.tags if tag in ("script", "link") and a.get("rel") != "icon"]  # nothing external
+
+
+def test_strings_from_files_are_escaped(report):
+    text = report["html"].read_text()
+    assert HOSTILE not in text and "<img src=x" not in text
+    assert text.count("&lt;img src=x onerror=&quot;console.error(&#x27;escaped?&#x27;)&quot;&gt; &amp;") == 3
+    doc = parse(report["html"])
+    assert HOSTILE in "".join(doc.text)        # shown as text: the prompt, the stage's reason and its DAG tooltip
+    assert "audio<&>" in [a.get("data-stage") for _, a in doc.tags]
+    assert SCENES[1].caption in "".join(doc.text)          # the TXT output's content
+
+
+def test_dag_has_a_node_per_stage_and_an_edge_per_need(report):
+    doc = parse(report["html"])
+    nodes = {a["data-stage"]: a["data-status"] for tag, a in doc.tags if tag == "g" and "data-stage" in a}
+    assert nodes == {name: status for name, _, _, status in STAGES}
+    edges = sorted((a["data-from"], a["data-to"]) for tag, a in doc.tags if tag == "path" and "data-from" in a)
+    assert edges == sorted((need, name) for name, _, needs, _ in STAGES for need in needs)
+    # laid out by depth: image and audio<&> in column 0, joint in 1, final in 2
+    rects = [a for tag, a in doc.tags if tag == "rect" and "rx" in a]
+    xs = [float(r["x"]) for r in rects]
+    assert xs[0] == xs[1] < xs[2] < xs[3]
+
+
+def test_loss_curves_keep_the_last_value_of_a_resumed_step(report):
+    scalars = report["root"] / "runs" / "stage0" / "tensorboard" / "scalars.jsonl"
+    assert read_losses(scalars) == [(s, 1.0 / (1 + s)) for s in range(8)] + [(8, 0.5), (9, 0.25)]
+    doc = parse(report["html"])
+    lines = [a["points"].split() for tag, a in doc.tags if tag == "polyline"]
+    assert [len(p) for p in lines] == [10, 10]             # stage0 and joint; S3 and pending stages: none
+    ys = [float(p.split(",")[1]) for p in lines[0]]
+    assert ys[0] == min(ys) and ys[7] == max(ys) > ys[8] # highest loss at step 0 (top); the lowest, 1/8, at step 7
+    text = "".join(doc.text)
+    assert "s3://bucket/runs/audio is not local" in text
+
+
+def test_goals_are_marked_met_or_missed(report):
+    m = report["metrics"]  # the hand-counted figures, read back from the real evaluator
+    assert m["tasks"]["text->image"]["colour"] == 1.0 and m["tasks"]["text->image"]["position"] == 0.5
+    assert m["joint"]["video+audio"]["joint_agreement"] == 1.0
+    assert m["joint"]["video+audio"]["independent_agreement"] == 0.0
+    text = report["html"].read_text()
+    table = text[text.index("<table class=goals>"):]
+    rows = table_rows(table[:table.index("</table>")])[1:]
+    verdicts = {r[0]: r[-1] for r in rows}
+    assert verdicts == {"text→image colour ≥ 90 %": "met", "text→image position ≥ 80 %": "missed",
+                        "text→audio pitch ≥ 90 %": "met", "text→video motion ≥ 80 %": "met",
+                        "joint video+audio agreement ≥ independent + 20 points": "met"}
+    assert rows[3][1:3] == ["text->video+audio video.motion", "100.0 %"]  # no text->video task: the pair's video
+    assert rows[1][1:3] == ["text->image position", "50.0 %"]
+    assert rows[4][2] == "100.0 %"                                        # joint minus independent
+
+
+def test_bad_metrics_is_one_line_exit_2(report, tmp_path, capsys):
+    bad = tmp_path / "metrics.json"
+    bad.write_text("[1, 2]")
+    assert main(["report", "--generations", str(report["generations"]), "--metrics", str(bad),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client over ``--remote-debugging-pipe`` (fd 3 in, fd 4 out,
+    NUL-separated JSON): no websocket library needed."""
+
+    def __init__(self, binary: str, profile: Path, log: Path):
+        to_chrome, from_chrome = os.pipe(), os.pipe()
+        # move every end above fd 10 so the child's dup2 onto 3 and 4 cannot clobber one of them
+        (r_in, self.w), (self.r, w_out) = [[fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in p]
+                                           for p in (to_chrome, from_chrome)]
+        for fd in (*to_chrome, *from_chrome):
+            os.close(fd)
+
+        def child_fds():
+            os.dup2(r_in, 3)
+            os.dup2(w_out, 4)
+
+        args = [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
+                f"--user-data-dir={profile}", "--no-first-run", "--mute-audio", "--allow-file-access-from-files",
+                "--autoplay-policy=no-user-gesture-required", "about:blank"]
+        with open(log, "wb") as err:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                         preexec_fn=child_fds, close_fds=False)
+        os.close(r_in)
+        os.close(w_out)
+        self.next_id, self.buffer, self.events = 0, b"", []
+
+    def _read(self, timeout: float) -> None:
+        ready, _, _ = select.select([self.r], [], [], timeout)
+        if not ready:
+            raise TimeoutError("no message from chromium")
+        chunk = os.read(self.r, 1 << 20)
+        if not chunk:
+            raise RuntimeError(f"chromium closed the pipe (exit {self.proc.poll()})")
+        self.buffer += chunk
+        *messages, self.buffer = self.buffer.split(b"\0")
+        self.events += [json.loads(m) for m in messages]
+
+    def wait(self, match, timeout: float = 30.0) -> dict:
+        seen = 0
+        while True:
+            for message in self.events[seen:]:
+                if match(message):
+                    return message
+            seen = len(self.events)
+            self._read(timeout)
+
+    def call(self, method: str, session: str | None = None, **params) -> dict:
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self.w, json.dumps(message).encode() + b"\0")
+        reply = self.wait(lambda m, i=self.next_id: m.get("id") == i)
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply["result"]
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close")
+            self.proc.wait(timeout=15)
+        except Exception:  # noqa: BLE001 — whatever happened, the browser must not outlive the test
+            self.proc.kill()
+            self.proc.wait()
+        finally:
+            os.close(self.r)
+            os.close(self.w)
+
+
+# Waits until every player has a decoded frame (or failed), then reports each image and player; a
+# video's frame is drawn on a canvas and its coloured pixels counted (proof the H.264 stream decodes).
+PROBE = """(async () => {
+  const media = [...document.querySelectorAll('video, audio')];
+  await Promise.all(media.map(m => new Promise(done => {
+    if (m.readyState >= 2 || m.networkState === 3) return done();
+    m.addEventListener('loadeddata', done);
+    m.addEventListener('error', done);
+    m.querySelectorAll('source').forEach(s => s.addEventListener('error', () => setTimeout(done, 100)));
+    setTimeout(done, 20000);
+  })));
+  const colouredPixels = v => {
+    const c = document.createElement('canvas');
+    c.width = v.videoWidth; c.height = v.videoHeight;
+    const g = c.getContext('2d');
+    g.drawImage(v, 0, 0);
+    const d = g.getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 0; i < d.length; i += 4)
+      if (Math.max(d[i], d[i+1], d[i+2]) - Math.min(d[i], d[i+1], d[i+2]) > 80) n++;
+    return n;
+  };
+  return JSON.stringify({
+    images: [...document.images].map(i => ({src: i.getAttribute('src'), complete: i.complete, width: i.naturalWidth})),
+    media: media.map(m => ({tag: m.tagName, src: m.currentSrc, readyState: m.readyState, networkState: m.networkState,
+                            error: m.error && m.error.code, duration: m.duration,
+                            coloured: m.tagName === 'VIDEO' && m.readyState >= 2 ? colouredPixels(m) : null})),
+    svgs: document.querySelectorAll('svg').length,
+  });
+})()"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_report_loads_in_headless_chromium(report, tmp_path):
+    binary = shutil.which("chromium")
+    if binary is None:
+        pytest.skip("Debian's chromium is not installed (`make test` installs it: apt-get install chromium)")
+    browser = DevTools(binary, tmp_path / "profile", tmp_path / "chromium.log")
+    try:
+        target = browser.call("Target.createTarget", url="about:blank")["targetId"]
+        session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            browser.call(f"{domain}.enable", session)
+        browser.call("Emulation.setDeviceMetricsOverride", session, width=1280, height=900, deviceScaleFactor=1,
+                     mobile=False)
+        browser.call("Page.navigate", session, url=report["html"].resolve().as_uri())
+        browser.wait(lambda m: m.get("method") == "Page.loadEventFired" and m.get("sessionId") == session, 60)
+        found = json.loads(browser.call("Runtime.evaluate", session, expression=PROBE, awaitPromise=True,
+                                        returnByValue=True)["result"]["value"])
+        shot = browser.call("Page.captureScreenshot", session, format="png", captureBeyondViewport=True)["data"]
+    finally:
+        browser.close()
+    log = (tmp_path / "chromium.log").read_text(errors="replace")[-3000:]
+    screenshot = report["html"].parent / "report.png"
+    screenshot.write_bytes(base64.b64decode(shot))
+
+    errors = [m["params"] for m in browser.events
+              if m.get("method") == "Runtime.exceptionThrown"
+              or (m.get("method") == "Runtime.consoleAPICalled" and m["params"]["type"] in ("error", "assert"))
+              or (m.get("method") == "Log.entryAdded" and m["params"]["entry"]["level"] == "error")]
+    assert errors == [], (errors, log)
+    assert len(found["images"]) == 4 and all(i["complete"] and i["width"] == 64 for i in found["images"]), found
+    assert [m["tag"] for m in found["media"]] == ["VIDEO", "AUDIO", "VIDEO", "AUDIO", "AUDIO"], found
+    for m in found["media"]:
+        assert m["error"] is None and m["networkState"] != 3 and m["readyState"] >= 2, (m, log)
+        assert abs(m["duration"] - 2.0) < 0.15, m                  # the toy clips and sounds last 2 s
+    assert all(m["coloured"] > 20 for m in found["media"] if m["tag"] == "VIDEO"), found
+    assert found["svgs"] == 1 + 2                                 # the DAG and two loss curves
+
+    pixels = np.asarray(Image.open(io.BytesIO(screenshot.read_bytes())).convert("RGB")).reshape(-1, 3).astype(int)
+    assert pixels.shape[0] >= 1280 * 900 and pixels.std() > 20    # not blank
+    for colour in ("red", "blue"):                                # the generated images are on screen
+        assert (np.abs(pixels - np.array(COLORS[colour])).sum(axis=1) < 30).sum() > 500, colour
