@@ -112,28 +112,28 @@ def verdict(met: bool | None) -> str:
     return "<td class='met'>met</td>" if met else "<td class='missed'>missed</td>"
 
 
-def goal_results(metrics: dict) -> list[tuple[str, str, float | None, bool | None]]:
-    """(goal, what was measured, value, met) per goal; value and met are None where nothing was measured."""
+def goal_results(metrics: dict) -> list[tuple[str, str, str, bool | None]]:
+    """(goal, what was measured, value shown, met) per goal; met is None where nothing was measured."""
     rows = []
     for goal in GOALS:
         found = [(t, a) for t, a in goal.where if isinstance(metrics["tasks"].get(t), dict) and a in metrics["tasks"][t]]
         if not found:
-            rows.append((goal.label, "", None, None))
+            rows.append((goal.label, "", "–", None))
             continue
         task, attr = found[0]
         value = float(metrics["tasks"][task][attr])
-        rows.append((goal.label, f"{task} {attr}", value, value >= goal.threshold))
+        rows.append((goal.label, f"{task} {attr}", percent(value), value >= goal.threshold))
     joint = metrics.get("joint", {}).get("video+audio") or {}
     a, b = joint.get("joint_agreement"), joint.get("independent_agreement")
     met = None if a is None or b is None else a >= b + JOINT_MARGIN
-    shown = None if met is None else a - b
+    shown = "–" if met is None else f"{100 * (a - b):+.1f} points"
     rows.append(("joint video+audio agreement ≥ independent + 20 points",
                  "" if met is None else f"joint {percent(a)} − independent {percent(b)}", shown, met))
     return rows
 
 
 def metrics_section(metrics: dict) -> str:
-    goals = "".join(f"<tr><td>{esc(label)}</td><td>{esc(where)}</td><td class=num>{percent(value)}</td>{verdict(met)}</tr>"
+    goals = "".join(f"<tr><td>{esc(label)}</td><td>{esc(where)}</td><td class=num>{esc(value)}</td>{verdict(met)}</tr>"
                     for label, where, value, met in goal_results(metrics))
     thresholds = {(t, a): g.threshold for g in GOALS for t, a in g.where}
     rows = []
