@@ -73,10 +73,7 @@ def write_report(out_dir, generations_dir, metrics_path, schedule_path=None) -> 
     metrics = read_json(Path(metrics_path))
     if not isinstance(metrics.get("tasks"), dict):
         raise UsageError(f"{metrics_path}: 'tasks' must be an object of task -> scores (a `codiray eval` metrics.json)")
-    assets = out / ASSETS
-    if assets.exists():
-        shutil.rmtree(assets)
-    assets.mkdir(parents=True)
+    (out / ASSETS).mkdir(parents=True, exist_ok=True)
     parts = [f"<h1>codiray report</h1>\n<p class=meta>generations: <code>{esc(str(generations))}</code>"
              f" · metrics: <code>{esc(str(metrics_path))}</code></p>",
              metrics_section(metrics)]
@@ -116,7 +113,8 @@ def goal_results(metrics: dict) -> list[tuple[str, str, str, bool | None]]:
     """(goal, what was measured, value shown, met) per goal; met is None where nothing was measured."""
     rows = []
     for goal in GOALS:
-        found = [(t, a) for t, a in goal.where if isinstance(metrics["tasks"].get(t), dict) and a in metrics["tasks"][t]]
+        tasks = metrics["tasks"]
+        found = [(t, a) for t, a in goal.where if isinstance(tasks.get(t), dict) and a in tasks[t]]
         if not found:
             rows.append((goal.label, "", "–", None))
             continue
@@ -148,12 +146,14 @@ def metrics_section(metrics: dict) -> str:
             rows.append(f"<tr>{head}<td>{esc(attr)}</td><td class=num>{percent(scores[attr])}</td>{n}{cells}</tr>")
     joint = "".join(
         f"<tr><td>{esc(pair)}</td><td class=num>{percent(s.get('joint_agreement'))}</td>"
-        f"<td class=num>{percent(s.get('independent_agreement'))}</td><td class=num>{esc(str(s.get('n_joint', '')))}</td>"
+        f"<td class=num>{percent(s.get('independent_agreement'))}</td>"
+        f"<td class=num>{esc(str(s.get('n_joint', '')))}</td>"
         f"<td class=num>{esc(str(s.get('n_independent', '')))}</td></tr>"
         for pair, s in sorted(metrics.get("joint", {}).items()))
     return ("<h2 id=metrics>Metrics</h2>\n<h3>Goals</h3>\n<table class=goals><tr><th>goal</th><th>measured on</th>"
             f"<th>value</th><th></th></tr>{goals}</table>\n<h3>Accuracy per task and attribute</h3>\n"
-            "<table class=metrics><tr><th>task</th><th>attribute</th><th>accuracy</th><th>n</th><th>goal</th><th></th></tr>"
+            "<table class=metrics><tr><th>task</th><th>attribute</th><th>accuracy</th><th>n</th><th>goal</th>"
+            "<th></th></tr>"
             f"{''.join(rows)}</table>\n<h3>Joint vs independent agreement</h3>\n<table class=joint><tr><th>outputs</th>"
             f"<th>joint</th><th>independent</th><th>n joint</th><th>n independent</th></tr>{joint}</table>")
 
@@ -267,7 +267,8 @@ def stage_card(stage: dict, root: Path) -> str:
     if "://" in run_dir:
         curve = f"<p class=na>loss curve not drawn: run folder {esc(run_dir)} is not local</p>"
     elif run_dir:
-        scalars = (root / run_dir if not Path(run_dir).is_absolute() else Path(run_dir)) / "tensorboard" / "scalars.jsonl"
+        folder = Path(run_dir) if Path(run_dir).is_absolute() else root / run_dir
+        scalars = folder / "tensorboard" / "scalars.jsonl"
         points = read_losses(scalars) if scalars.is_file() else []
         curve = loss_svg(points) if points else f"<p class=na>no losses logged in {esc(str(scalars))}</p>"
     facts = [("kind", stage.get("kind")), ("status", stage.get("status")), ("started", stage.get("started")),

@@ -216,6 +216,23 @@ def test_bad_metrics_is_one_line_exit_2(report, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and str(bad) in err
 
 
+@pytest.mark.parametrize("needs, problem", [(["nowhere"], "stages[0].needs ['nowhere']"),
+                                            (["b"], "cycle (a -> b -> a)")])
+def test_bad_schedule_is_one_line_exit_2(report, tmp_path, capsys, needs, problem):
+    bad = tmp_path / "schedule.json"
+    bad.write_text(json.dumps({"stages": [{"name": "a", "needs": needs}, {"name": "b", "needs": ["a"]}]}))
+    assert main(["report", "--generations", str(report["generations"]), "--metrics",
+                 str(report["root"] / "metrics" / "metrics.json"), "--schedule", str(bad), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err and problem in err, err
+
+
+def test_report_has_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--help"])
+    assert exit_info.value.code == 0 and "--schedule" in capsys.readouterr().out
+
+
 class DevTools:
     """A minimal Chrome DevTools Protocol client over ``--remote-debugging-pipe`` (fd 3 in, fd 4 out,
     NUL-separated JSON): no websocket library needed."""
