@@ -249,8 +249,8 @@ class DevTools:
             os.dup2(r_in, 3)
             os.dup2(w_out, 4)
 
-        args = [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-                f"--user-data-dir={profile}", "--no-first-run", "--mute-audio", "--allow-file-access-from-files",
+        args = [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--remote-debugging-pipe", f"--user-data-dir={profile}", "--no-first-run", "--mute-audio", "--allow-file-access-from-files",
                 "--autoplay-policy=no-user-gesture-required", "about:blank"]
         with open(log, "wb") as err:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
