@@ -39,5 +39,4 @@ test: $(STAMP)
 
 # The fast subset: every test that starts neither Ray nor DeepSpeed (`slow` marks those).
 test-fast: $(STAMP)
-	$(ensure_chromium)
 	unshare --net --map-root-user sh -c 'ip link set lo up && exec $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)'

@@ -10,7 +10,7 @@ import yaml
 
 from codiray.cli import main
 
-SUBCOMMANDS = ("prepare", "train", "generate", "demo", "submit", "jobs", "bench", "eval", "convert")
+SUBCOMMANDS = ("prepare", "train", "generate", "demo", "submit", "jobs", "bench", "eval", "convert", "report")
 
 
 def test_help_lists_every_subcommand(capsys):
