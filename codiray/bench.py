@@ -285,7 +285,7 @@ def ray_rows(files: dict, root: Path, args) -> tuple[list[tuple], list[str]]:
     from pipelines.webvid import prepare_webvid
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
 
     def job(count: int, workers: int, tag: str) -> tuple[float, int, dict]:
         inputs = root / f"ray_videos_{count}"

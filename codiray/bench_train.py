@@ -365,7 +365,7 @@ def ray_rows(args, root: Path) -> list[Row]:
     base = RECIPES[args.recipe]()
     if not ray.is_initialized():
         env = {k: os.environ[k] for k in ("TORCH_EXTENSIONS_DIR",) if k in os.environ}
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     shards = prepare_shards(root, base, args.samples)
     batch = read_shards(shards).take_batch(base.batch_size_per_worker, batch_format="numpy")
     threads = max(1, int(base.scaling.worker.cpus))

@@ -25,7 +25,10 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None, *, log_t
         return
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
     extra = {} if logging_level is None else {"logging_level": logging_level}
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=log_to_driver, **extra)
+    # address="local": always a new in-process instance. Without it Ray joins any cluster a `ray start`
+    # left on this machine (its /tmp/ray/ray_current_cluster) and then refuses num_cpus; a cluster is
+    # used only when one is named (RAY_ADDRESS / --address).
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=log_to_driver, **extra)
 
 
 def ray_logs_dir() -> str | None:

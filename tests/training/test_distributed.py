@@ -104,7 +104,8 @@ def test_ranks_see_disjoint_samples_whose_union_is_each_epoch(runs):
 
 @pytest.mark.timeout(60)
 def test_loss_falls_on_a_fixed_batch(runs):
-    """The same 8 images, captions, timesteps and noise scored by the weights after epoch 1 and epoch 4."""
+    """The same 8 images, captions, timesteps and noise (16 fixed draws, averaged: one draw of t per
+    image made the ratio swing by ±0.1 between runs) scored by the weights after epoch 1 and epoch 4."""
     cfg, first, _, rows = runs
     batch = sorted(rows, key=lambda r: str(r["key"]))[:8]
     images = np.stack([r["image"] for r in batch])
@@ -114,11 +115,12 @@ def test_loss_falls_on_a_fixed_batch(runs):
         model = TextToImageDiffuser.from_pretrained(checkpoint)
         model.cfg.cond_drop_prob = 0.0
         with torch.no_grad():
-            return text_to_image_loss(model, images, captions, torch.Generator().manual_seed(5)).item()
+            return float(np.mean([text_to_image_loss(model, images, captions, torch.Generator().manual_seed(seed)).item()
+                                  for seed in range(16)]))
 
     early, late = fixed_batch_loss(first[STEPS_PER_EPOCH]), fixed_batch_loss(first[STEPS])
     print(f"fixed-batch loss after epoch 1: {early:.4f}, after epoch 4: {late:.4f}")
-    assert late < 0.8 * early, (early, late)
+    assert late < 0.85 * early, (early, late)   # lr = 0 gives exactly 1.0
 
 
 @pytest.mark.timeout(60)
