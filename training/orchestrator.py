@@ -77,6 +77,14 @@ def cluster_nodes() -> list[dict[str, float]]:
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
 
+def absolute_data(data: Mapping[str, str]) -> dict[str, str]:
+    """Local shard folders as absolute paths, resolved on the driver: a stage's task runs on whichever
+    node Ray picks, in that node's working directory, where a path relative to the driver's means
+    something else (storage paths go the same way, through ``launch.storage_uri``)."""
+    return {style: uri if storage.is_remote(uri) else str(Path(uri).expanduser().resolve())
+            for style, uri in data.items()}
+
+
 def read_records(uri: str, s3: Optional[S3Config]) -> dict[str, dict]:
     if not storage.exists(uri, s3):
         return {}
@@ -121,7 +129,8 @@ def run_schedule(schedule_fn: Callable[[], Schedule], name: str, storage_path: s
     if not isinstance(schedule, Schedule):
         raise UsageError(f"{getattr(schedule_fn, '__name__', schedule_fn)}: a schedule function must return a Schedule")
     root = storage_uri(TrainConfig(storage_path=storage_path))
-    planned = plan(schedule, name, root, dict(data or {}), list(overrides or []), config)
+    data = absolute_data(data or {})
+    planned = plan(schedule, name, root, data, list(overrides or []), config)
     ensure_ray()
     nodes = cluster_nodes()
     for stage_name, p in planned.items():
@@ -152,7 +161,7 @@ def run_schedule(schedule_fn: Callable[[], Schedule], name: str, storage_path: s
             in_flight = [planned[m].resources for m in running.values()]
             if running and not fits_beside(planned[n].resources, in_flight, cluster):
                 continue  # waits for a running stage to finish and free its workers
-            ref = start(planned[n], records, dict(data or {}), task)
+            ref = start(planned[n], records, data, task)
             if ref is not None:
                 running[ref] = n
             changed = True
