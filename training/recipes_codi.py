@@ -33,10 +33,10 @@ WEIGHTS = "model.safetensors"
 # -- tiny UNets --------------------------------------------------------------------------------------
 
 def tiny_image_unet(video: bool = False, connectors: bool = True) -> UNetSpec:
-    return UNetSpec(in_channels=4, out_channels=4, model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1],
+    return UNetSpec(in_channels=4, out_channels=4, model_channels=64, channel_mult=[1, 2], num_res_blocks=[1, 1],
                     attention_levels=[True, False], num_heads=4, context_dim=CONTEXT, video=video, video_heads=2,
                     connectors=connectors, connector_mult=[1, 2], connector_blocks=[1, 1],
-                    connector_levels=[True, True], connector_dim=32)
+                    connector_levels=[True, True], connector_dim=64)
 
 
 def tiny_text_unet(latent: int = 16) -> UNetSpec:
@@ -44,7 +44,7 @@ def tiny_text_unet(latent: int = 16) -> UNetSpec:
     return UNetSpec(kind="text", in_channels=latent, out_channels=latent, model_channels=32, channel_mult=[1, 2],
                     num_res_blocks=[1, 1], attention_levels=[True, True], num_heads=4, context_dim=CONTEXT,
                     second_dim=[4, 4], connector_mult=[1, 2], connector_blocks=[1, 1], connector_second_dim=[4, 4],
-                    connector_levels=[True, True], connector_dim=32, scale_factor=4.3108)
+                    connector_levels=[True, True], connector_dim=64, scale_factor=4.3108)
 
 
 def debug_stage(name: str, task: TaskConfig, data: str) -> TrainConfig:

@@ -101,4 +101,5 @@ class BridgingTask:
     def save_pretrained(self, directory: Path, state: dict[str, Tensor], weights_name: str) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / weights_name))
+        # cloned: the codecs tie tensors (Optimus' GPT-2 lm_head = wte), which safetensors refuses to store twice
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(directory / weights_name))
