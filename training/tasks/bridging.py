@@ -48,12 +48,13 @@ class BridgingModule(nn.Module):
     def __init__(self, encoder: nn.Module, modality: str, init_temperature: float = CLIP_INIT_TEMPERATURE):
         super().__init__()
         self.encoder, self.modality = encoder, modality
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        # shape (1,), not 0-dim: DeepSpeed's initial broadcast views every parameter as bytes, which a 0-dim tensor refuses
+        self.log_scale = nn.Parameter(torch.tensor([math.log(1.0 / init_temperature)]))
 
     def forward(self, data: Tensor) -> tuple[Tensor, Tensor]:
         """(b, d) embeddings of ``data`` and s (as a tensor computed here, so it exists after ZeRO-3 releases s)."""
         embed = self.encoder.audio(data) if self.modality == "audio" else self.encoder.video(data)
-        return embed.flatten(1), self.log_scale * 1.0
+        return embed.flatten(1), self.log_scale[0] * 1.0
 
 
 class BridgingTask:
