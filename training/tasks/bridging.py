@@ -69,7 +69,9 @@ class BridgingTask:
 
     def build_trainable(self) -> nn.Module:
         o = self.objective
-        return BridgingModule(self.make_encoder(), o.modality, o.init_temperature)
+        # the encoder may come out of a Codecs, whose prompt encoders are frozen: here it is what trains
+        encoder = self.make_encoder().requires_grad_(True)
+        return BridgingModule(encoder, o.modality, o.init_temperature)
 
     def build_frozen(self) -> Optional[nn.Module]:
         return frozen(self.make_text())
