@@ -8,6 +8,7 @@ from typing import Literal, Optional
 from common.resources import WorkerResources
 from models.text_to_image import TextToImageModelConfig
 from common.storage import S3Config
+from training.task_config import TaskConfig
 
 
 @dataclass
@@ -71,6 +72,7 @@ class TrainConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: TextToImageModelConfig = field(default_factory=TextToImageModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)  # what the stage trains (text-to-image: ``model``)
     optim: OptimConfig = field(default_factory=OptimConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     # ZeRO-1/2 shard optimizer states (and gradients); ZeRO-3 also the trainable parameters. Frozen

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -35,8 +36,24 @@ def run_dir(cfg: TrainConfig) -> str:
 
 
 def check_data_fits(cfg: TrainConfig) -> None:
-    """Fail before any worker starts when the shards cannot feed this model (one line each)."""
+    """Fail before any worker starts when the shards cannot feed this stage (one line each):
+    text-to-image checks the image size; the CoDi stage kinds check that the manifest carries every
+    modality the task needs (``task.required``, ``batches.check_manifest``)."""
     manifest = read_manifest(cfg.data.path, cfg.data.s3)
+    if cfg.task.kind == "text_to_image":
+        check_text_to_image_data(cfg, manifest)
+    else:
+        from training.task import build_task
+        from training.tasks.batches import check_manifest
+
+        check_manifest(manifest, build_task(cfg).required, cfg.data.path)
+    needed = cfg.batch_size_per_worker * cfg.scaling.num_workers
+    if manifest["samples"] < needed:
+        raise UsageError(f"{cfg.data.path}: {manifest['samples']} samples cannot fill one batch of "
+                         f"{cfg.batch_size_per_worker} on each of {cfg.scaling.num_workers} workers")
+
+
+def check_text_to_image_data(cfg: TrainConfig, manifest: dict) -> None:
     image = manifest.get("tensors", {}).get("image")
     size = cfg.model.image_size
     if image is None:
@@ -45,10 +62,22 @@ def check_data_fits(cfg: TrainConfig) -> None:
     if list(image["shape"]) != [size, size, cfg.model.unet.in_channels]:
         raise UsageError(f"{cfg.data.path}: images are {'x'.join(map(str, image['shape']))} but model.image_size "
                          f"is {size}; prepare with image.size={size} or set model.image_size")
-    needed = cfg.batch_size_per_worker * cfg.scaling.num_workers
-    if manifest["samples"] < needed:
-        raise UsageError(f"{cfg.data.path}: {manifest['samples']} samples cannot fill one batch of "
-                         f"{cfg.batch_size_per_worker} on each of {cfg.scaling.num_workers} workers")
+
+
+def resolve_debug_codecs(cfg: TrainConfig) -> TrainConfig:
+    """A CoDi stage on ``task.codecs.path: debug`` gets the debug codecs folder, written once under its
+    storage path (``<storage_path>/debug_codecs``: every stage of a schedule shares it)."""
+    from training.debug_codecs import ensure_debug_codecs
+    from training.task_config import DEBUG_CODECS
+
+    if cfg.task.kind == "text_to_image" or cfg.task.codecs.path != DEBUG_CODECS:
+        return cfg
+    if storage.is_remote(cfg.storage_path):
+        raise UsageError(f"task.codecs.path: debug writes a local codecs folder; {cfg.storage_path} is remote "
+                         "(set task.codecs.path to a Codecs folder every worker can read)")
+    folder = ensure_debug_codecs(Path(storage_uri(cfg)) / "debug_codecs", cfg.task.codecs.seed)
+    codecs = dataclasses.replace(cfg.task.codecs, path=str(folder))
+    return dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, codecs=codecs))
 
 
 def link_ray_logs(folder: Path) -> Path | None:
@@ -77,6 +106,7 @@ def train(cfg: TrainConfig, progress: bool = True):
 
     from training.progress import ProgressBoard, ProgressDisplay
 
+    cfg = resolve_debug_codecs(cfg)
     check_data_fits(cfg)  # before Ray starts: a wrong --data is one line, not a failed cluster job
     ensure_ray(log_to_driver=False)
     dataset = read_shards(cfg.data.path, cfg.data.s3)

@@ -20,7 +20,9 @@ from typing import Optional, Protocol
 import torch
 from torch import nn
 
+from common.errors import UsageError
 from training.config import TrainConfig
+from training.task_config import DEBUG_CODECS, CodecsSource
 
 
 class StageTask(Protocol):
@@ -42,8 +44,99 @@ class StageTask(Protocol):
     def save_pretrained(self, directory: Path, state: dict[str, torch.Tensor], weights_name: str) -> None: ...
 
 
-def build_task(cfg: TrainConfig) -> StageTask:
-    """The task of a stage config (today every TrainConfig is a text-to-image stage)."""
-    from training.step import TextToImageTask
+def load_codecs(source: CodecsSource):
+    """The stage's ``Codecs``: its folder, then each overlay's tensors laid over it (names and shapes must match)."""
+    from safetensors.torch import load_file
 
-    return TextToImageTask(cfg.model)
+    from models.codecs import Codecs
+
+    if source.path == DEBUG_CODECS:
+        raise UsageError("task.codecs.path is still 'debug': launch.train writes the debug codecs and points the "
+                         "config at them before the workers start")
+    codecs = Codecs.from_pretrained(source.path)
+    own = codecs.state_dict()
+    for path in source.overlays:
+        state = load_file(path)
+        wrong = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+        if wrong:
+            raise UsageError(f"{path}: {len(wrong)} tensor(s) do not fit the codecs at {source.path} "
+                             f"(first: {wrong[0]!r}) — exported from codecs of another config?")
+        codecs.load_state_dict(state, strict=False)
+    return codecs
+
+
+def build_task(cfg: TrainConfig) -> StageTask:
+    """The task of a stage config: ``cfg.task.kind`` picks the class, its typed objective configures it."""
+    from training.tasks.autoencoder import AutoencoderTask
+    from training.tasks.bridging import BridgingTask
+    from training.tasks.cascade import CascadeTask
+    from training.tasks.distillation import DistillationTask
+    from training.tasks.latent_alignment import LatentAlignmentTask
+    from training.tasks.ldm import LDMTask
+
+    t = cfg.task
+    codecs = lambda: load_codecs(t.codecs)  # noqa: E731 — built on each worker, not in the driver
+    init = (lambda: load_codi(t.init, t.init_weights)) if t.init else None
+    if t.kind == "text_to_image":
+        from training.step import TextToImageTask
+
+        return TextToImageTask(cfg.model)
+    if t.kind == "autoencoder":
+        return AutoencoderTask(t.autoencoder, codecs_config(t.codecs))
+    if t.kind == "bridging_alignment":
+        encoder = {"audio": lambda: load_codecs(t.codecs).clap, "video": lambda: load_codecs(t.codecs).clip}
+        return BridgingTask(t.bridging, encoder=encoder[t.bridging.modality], text=codecs)
+    if t.kind == "ldm":
+        codi = t.codi if t.codi is not None else codi_config(t.init)
+        return LDMTask(t.ldm, codi, codecs, init=init)
+    if t.kind == "latent_alignment":
+        return LatentAlignmentTask(t.latent_alignment, init, codecs)
+    if t.kind == "cascade":
+        return CascadeTask(t.cascade, t.cascade_unet, codecs)
+    if t.kind == "distillation":
+        return DistillationTask(t.distillation, init, codecs, codi_config(t.init).diffusion)
+    raise AssertionError(f"unhandled task kind {t.kind!r}")
+
+
+def codi_config(directory: str):
+    """The ``CoDiConfig`` of a CoDi folder (its config.json), without loading weights."""
+    import json
+
+    from common.config import from_dict
+    from models.codi import CoDiConfig
+    from models.codi.model import CONFIG_NAME
+
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise UsageError(f"{directory}: no {CONFIG_NAME} — task.init must be a CoDi folder (an ldm stage's checkpoint)")
+    return from_dict(CoDiConfig, json.loads(path.read_text()), source=str(path))
+
+
+def load_codi(directory: str, weights_name: str):
+    """``CoDi.from_pretrained`` of ``directory`` reading ``weights_name`` (model or EMA weights)."""
+    from safetensors.torch import load_file
+
+    from models.codi import CoDi
+
+    if weights_name == "model.safetensors":
+        return CoDi.from_pretrained(directory)
+    model = CoDi(codi_config(directory))
+    model.load_state_dict(load_file(str(Path(directory) / weights_name)), strict=True)
+    return model
+
+
+def codecs_config(source: CodecsSource):
+    """The ``CodecsConfig`` of a codecs folder (tokenizer paths resolved), without building the codecs."""
+    import json
+
+    from common.config import from_dict
+    from models.codecs_config import CodecsConfig
+
+    path = Path(source.path) / "config.json"
+    if not path.is_file():
+        raise UsageError(f"{source.path}: no config.json — task.codecs.path must be a Codecs.from_pretrained folder")
+    cfg = from_dict(CodecsConfig, json.loads(path.read_text()), source=str(path))
+    for obj, attr in ((cfg.text, "encoder_tokenizer"), (cfg.text, "decoder_tokenizer"), (cfg.clip, "tokenizer")):
+        if obj is not None and getattr(obj, attr):
+            setattr(obj, attr, str(Path(source.path) / getattr(obj, attr)))
+    return cfg

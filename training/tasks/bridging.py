@@ -48,12 +48,13 @@ class BridgingModule(nn.Module):
     def __init__(self, encoder: nn.Module, modality: str, init_temperature: float = CLIP_INIT_TEMPERATURE):
         super().__init__()
         self.encoder, self.modality = encoder, modality
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        # shape (1,), not 0-dim: DeepSpeed's initial broadcast views every parameter as bytes, which a 0-dim tensor refuses
+        self.log_scale = nn.Parameter(torch.tensor([math.log(1.0 / init_temperature)]))
 
     def forward(self, data: Tensor) -> tuple[Tensor, Tensor]:
         """(b, d) embeddings of ``data`` and s (as a tensor computed here, so it exists after ZeRO-3 releases s)."""
         embed = self.encoder.audio(data) if self.modality == "audio" else self.encoder.video(data)
-        return embed.flatten(1), self.log_scale * 1.0
+        return embed.flatten(1), self.log_scale[0] * 1.0
 
 
 class BridgingTask:
@@ -68,7 +69,9 @@ class BridgingTask:
 
     def build_trainable(self) -> nn.Module:
         o = self.objective
-        return BridgingModule(self.make_encoder(), o.modality, o.init_temperature)
+        # the encoder may come out of a Codecs, whose prompt encoders are frozen: here it is what trains
+        encoder = self.make_encoder().requires_grad_(True)
+        return BridgingModule(encoder, o.modality, o.init_temperature)
 
     def build_frozen(self) -> Optional[nn.Module]:
         return frozen(self.make_text())
@@ -101,4 +104,5 @@ class BridgingTask:
     def save_pretrained(self, directory: Path, state: dict[str, Tensor], weights_name: str) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / weights_name))
+        # cloned: the codecs tie tensors (Optimus' GPT-2 lm_head = wte), which safetensors refuses to store twice
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(directory / weights_name))

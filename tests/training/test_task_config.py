@@ -1,0 +1,104 @@
+"""``TrainConfig.task``: typed stage kinds, ``build_task`` over the kind, the task-aware pre-start data
+check, the debug codecs folder and codecs overlays."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from common.config import from_dict, to_dict
+from common.errors import ConfigError, UsageError
+from training import recipes_codi as rc
+from training.config import TrainConfig
+from training.debug_codecs import ensure_debug_codecs
+from training.launch import check_data_fits, resolve_debug_codecs
+from training.schedules import SCHEDULES
+from training.step import TextToImageTask
+from training.task import build_task, load_codecs
+from training.task_config import CodecsSource, TaskConfig
+from training.tasks.autoencoder import AutoencoderTask
+from training.tasks.bridging import BridgingTask
+from training.tasks.cascade import CascadeTask
+from training.tasks.ldm import LDMTask
+
+
+def test_text_to_image_stays_the_default_task():
+    assert TrainConfig().task.kind == "text_to_image"
+    assert isinstance(build_task(TrainConfig()), TextToImageTask)
+
+
+def test_every_codi_debug_recipe_round_trips_through_its_yaml_dict():
+    for stage in SCHEDULES["codi_debug"]().stages:
+        cfg = stage.recipe()
+        assert from_dict(TrainConfig, to_dict(cfg)) == cfg, stage.name
+
+
+def test_a_kind_without_its_objective_is_one_config_error():
+    with pytest.raises(ConfigError, match="task.kind ldm needs task.ldm"):
+        from_dict(TrainConfig, {"task": {"kind": "ldm"}})
+    with pytest.raises(ConfigError, match="expected one of"):
+        from_dict(TrainConfig, {"task": {"kind": "ClassFromString"}})
+
+
+@pytest.fixture(scope="module")
+def codecs_dir(tmp_path_factory):
+    return str(ensure_debug_codecs(tmp_path_factory.mktemp("codecs") / "debug_codecs"))
+
+
+def with_codecs(cfg: TrainConfig, path: str, overlays=()) -> TrainConfig:
+    return rc.with_task(cfg, codecs=CodecsSource(path=path, overlays=list(overlays)))
+
+
+def test_build_task_picks_the_class_of_the_kind(codecs_dir):
+    kinds = {rc.image_autoencoder_debug: AutoencoderTask, rc.audio_bridging_debug: BridgingTask,
+             rc.image_ldm_debug: LDMTask, rc.cascade_tsr_debug: CascadeTask}
+    for recipe, cls in kinds.items():
+        assert type(build_task(with_codecs(recipe(), codecs_dir))) is cls, recipe.__name__
+
+
+def write_manifest(path, tensors: dict, samples: int = 8) -> str:
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({"style": "audiocaps", "samples": samples, "shards": [],
+                                                    "tensors": tensors}))
+    return str(path)
+
+
+def test_pre_start_check_asks_each_codi_task_for_its_modalities(tmp_path, codecs_dir):
+    mel_only = write_manifest(tmp_path / "mel", {"mel": {"shape": [32, 16], "count": 8}})
+    cfg = with_codecs(rc.audio_bridging_debug(), codecs_dir)
+    with pytest.raises(UsageError) as err:
+        check_data_fits(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=mel_only)))
+    assert str(err.value) == (f"{mel_only}: the prepared shards have no 'audio' tensor, which this stage needs "
+                              "for audio (prepare with audio.keep_waveform: true)")
+    one = write_manifest(tmp_path / "one", {"audio": {"shape": [5120], "count": 1}}, samples=1)
+    with pytest.raises(UsageError, match="1 samples cannot fill one batch of 2"):
+        check_data_fits(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=one)))
+
+
+def test_debug_codecs_are_written_once_under_the_storage_path(tmp_path):
+    cfg = dataclasses.replace(rc.image_ldm_debug(), storage_path=str(tmp_path / "runs"))
+    resolved = resolve_debug_codecs(cfg)
+    folder = tmp_path / "runs" / "debug_codecs"
+    assert resolved.task.codecs.path == str(folder)
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert resolve_debug_codecs(cfg).task.codecs.path == str(folder)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp   # not rewritten
+    assert load_codecs(resolved.task.codecs).condition("text", ["a red dog"]).shape == (1, 1, 768)
+    text_cfg = resolve_debug_codecs(TrainConfig(storage_path=str(tmp_path / "t2i")))
+    assert text_cfg.task.codecs.path == "debug" and not (tmp_path / "t2i").exists()
+
+
+def test_codecs_overlays_replace_exactly_their_tensors_and_refuse_foreign_ones(tmp_path, codecs_dir):
+    base = load_codecs(CodecsSource(path=codecs_dir)).state_dict()
+    key = next(k for k in base if k.startswith("image.vae.") and k.endswith("weight"))
+    save_file({key: torch.full_like(base[key], 0.25)}, str(tmp_path / "piece.safetensors"))
+    laid = load_codecs(CodecsSource(path=codecs_dir, overlays=[str(tmp_path / "piece.safetensors")])).state_dict()
+    assert torch.equal(laid[key], torch.full_like(base[key], 0.25))
+    assert all(torch.equal(laid[k], base[k]) for k in base if k != key and not k.startswith("text.decoder.gpt2.lm_head"))
+    save_file({"image.vae.nope": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(UsageError, match="1 tensor\\(s\\) do not fit the codecs"):
+        load_codecs(CodecsSource(path=codecs_dir, overlays=[str(tmp_path / "foreign.safetensors")]))
