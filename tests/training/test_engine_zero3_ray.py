@@ -12,7 +12,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -27,8 +26,9 @@ from training.config import DebugConfig, EMAConfig
 from training.launch import run_dir, train
 from training.loop import EMA_STATE_NAME, EMA_WEIGHTS_NAME, RANKS_DIR, STATE_NAME
 from training.recipes import text_to_image_demo_debug
+
+from loss_probe import fixed_batch, fixed_batch_loss
 from training.scalars import DIR_NAME, JSONL_NAME
-from training.step import text_to_image_loss
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 SAMPLES, WORLD, BATCH, STEPS, FAIL_AT = 32, 2, 4, 16, 6
@@ -116,15 +116,8 @@ def test_zero3_exports_full_gathered_weights_identical_on_every_rank(run):
 def test_zero3_loss_falls_on_a_fixed_batch(run):
     cfg, result, folder, rows = run
     checkpoints = checkpoints_by_step(folder)
-    batch = sorted(rows, key=lambda r: str(r["key"]))[:8]
-    images, captions = np.stack([r["image"] for r in batch]), [str(r["caption"]) for r in batch]
-
-    def fixed_batch_loss(checkpoint: Path) -> float:
-        model = TextToImageDiffuser.from_pretrained(checkpoint)
-        model.cfg.cond_drop_prob = 0.0
-        with torch.no_grad():
-            return text_to_image_loss(model, images, captions, torch.Generator().manual_seed(5)).item()
-
-    early, late = fixed_batch_loss(checkpoints[PER_EPOCH]), fixed_batch_loss(checkpoints[STEPS])
+    images, captions = fixed_batch(rows)
+    early = fixed_batch_loss(checkpoints[PER_EPOCH], images, captions)
+    late = fixed_batch_loss(checkpoints[STEPS], images, captions)
     print(f"ZeRO-3 fixed-batch loss after step {PER_EPOCH}: {early:.4f}, after step {STEPS}: {late:.4f}")
-    assert late < 0.8 * early, (early, late)
+    assert late < 0.85 * early, (early, late)   # lr = 0 gives exactly 1.0
