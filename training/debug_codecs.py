@@ -65,17 +65,23 @@ def write_tokenizers(root: Path) -> dict[str, str]:
     return paths
 
 
-def debug_codecs(tokenizer_dirs: dict[str, str], seed: int = 0):
-    """``models.codecs_config.debug()`` sizes with these tokenizers, seeded random weights."""
-    from models.codecs import Codecs
+def debug_codecs_config(tokenizer_dirs: dict[str, str]):
+    """``models.codecs_config.debug()`` sizes with the tokenizers of ``write_tokenizers``."""
     from models.codecs_config import debug
 
     cfg = debug()
     cfg.text = dataclasses.replace(cfg.text, encoder_tokenizer=tokenizer_dirs["bert"],
                                    decoder_tokenizer=tokenizer_dirs["gpt2"])
     cfg.clip = dataclasses.replace(cfg.clip, tokenizer=tokenizer_dirs["clip"])
+    return cfg
+
+
+def debug_codecs(tokenizer_dirs: dict[str, str], seed: int = 0):
+    """The debug codecs with these tokenizers and seeded random weights."""
+    from models.codecs import Codecs
+
     torch.manual_seed(seed)
-    return Codecs(cfg)
+    return Codecs(debug_codecs_config(tokenizer_dirs))
 
 
 def ensure_debug_codecs(directory: str | Path, seed: int = 0) -> Path:

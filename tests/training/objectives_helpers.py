@@ -3,41 +3,14 @@ and toy batches in the layout ``codiray prepare`` writes (numpy columns, as pipe
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
 
-from models.codecs import Codecs
-from models.codecs_config import debug
 from models.codi import CoDiConfig, UNetSpec
+from training.debug_codecs import debug_codecs, debug_codecs_config, write_tokenizers  # noqa: F401 (re-exported)
 
 CONTEXT = 768
-_CODECS_CONFTEST = Path(__file__).resolve().parents[1] / "models" / "codecs" / "conftest.py"
-
-
-def write_tokenizers(root) -> dict[str, str]:
-    """The codecs tests' tiny local BERT / GPT-2 / CLIP tokenizers (vocabularies written there, nothing downloaded)."""
-    spec = importlib.util.spec_from_file_location("codecs_test_tokenizers", _CODECS_CONFTEST)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_tokenizers(root)
-
-
-def debug_codecs_config(tokenizer_dirs: dict[str, str]):
-    cfg = debug()
-    cfg.text = dataclasses.replace(cfg.text, encoder_tokenizer=tokenizer_dirs["bert"],
-                                   decoder_tokenizer=tokenizer_dirs["gpt2"])
-    cfg.clip = dataclasses.replace(cfg.clip, tokenizer=tokenizer_dirs["clip"])
-    return cfg
-
-
-def debug_codecs(tokenizer_dirs: dict[str, str], seed: int = 0) -> Codecs:
-    torch.manual_seed(seed)
-    return Codecs(debug_codecs_config(tokenizer_dirs))
 
 
 def randomize(module: nn.Module, seed: int = 0, std: float = 0.05) -> nn.Module:
