@@ -1,4 +1,5 @@
-"""`codiray eval --generations DIR --out DIR`: score generated media against the toy world's truth.
+"""`codiray eval --generations DIR --out DIR [--model FOLDER]`: score generated media against the toy
+world's truth, and (with ``--model``) CoDi's SIM between co-generated outputs.
 
 Every output is decoded by the classical probes of pipelines/toyworld_probes.py (no learned model)
 and compared with what its inputs say it should show. Reads ``DIR/generation.json``:
@@ -34,13 +35,24 @@ cannot decode counts as wrong. ``metrics.json``:
     {"tasks": {"text->image": {"colour": acc, "shape": acc, "position": acc, "n": N}, ...,
                "text->video+audio": {"video.colour": acc, ..., "audio.pitch": acc, "n": N}},
      "joint": {"video+audio": {"joint_agreement": a, "independent_agreement": b,
-                               "n_joint": J, "n_independent": I}}}
+                               "n_joint": J, "n_independent": I}},
+     "sim": {"video+audio": {"joint": s, "independent": s_or_null, "n_joint": J, "n_independent": I},
+             "image+text": {...}, ...}}                 # {} without --model
 
 Tasks with several outputs prefix each attribute with its output's modality. ``joint_agreement`` is
 the fraction of jointly sampled multi-output samples whose outputs agree with each other on every
 attribute they share (video colour <-> audio pitch, motion <-> rhythm; image <-> text colour, shape,
 position; ...), ``independent_agreement`` the same over ``"mode": "independent"`` samples (null when
 there are none), whatever the truth.
+
+SIM (CoDi Eq. 4, Table 11): SIM(A, B) = cos(C_A(A), C_B(B)), the cosine between the prompt-encoder
+embeddings (``Codecs.condition``: CLIP for image/video/text, CLAP for audio) of two outputs of one
+sample. ``--model`` names a CoDi model folder (codi_config.json + codecs/) or a bare codecs folder;
+only its codecs are loaded (CPU, eval mode, no gradients). Every pair of outputs of every sample with
+several outputs counts once under its pair ("image+text", modalities in the order image, video,
+audio, text): a three-output sample adds to three pairs. ``joint``/``independent`` are the mean SIM
+over the pair's ``"mode": "joint"``/``"independent"`` samples (null when there are none). Audio
+files are resampled to the codecs' rate (16 kHz) first; a text output is its file's stripped text.
 """
 
 from __future__ import annotations
@@ -49,7 +61,7 @@ import json
 from itertools import combinations
 from pathlib import Path
 
-from common.errors import UsageError
+from common.errors import CodirayError, UsageError
 
 MODALITIES = ("image", "video", "audio", "text")
 SCORED = {"image": ("colour", "shape", "position"), "video": ("colour", "shape", "motion", "speed"),
@@ -61,11 +73,14 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="score a generations folder with the toy world's attribute probes")
     parser.add_argument("--generations", required=True, help="folder with generation.json and the outputs")
     parser.add_argument("--out", help="folder for metrics.json (default: the generations folder)")
+    parser.add_argument("--model", help="CoDi model folder or codecs folder whose prompt encoders score SIM "
+                                        "(CoDi Eq. 4) between co-generated outputs")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    metrics = evaluate(Path(args.generations))
+    codecs = load_codecs(Path(args.model)) if args.model else None
+    metrics = evaluate(Path(args.generations), codecs)
     out = Path(args.out or args.generations)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
@@ -75,6 +90,12 @@ def run(args) -> int:
     for pair, scores in sorted(metrics["joint"].items()):
         shown = ", ".join(f"{k} {v if v is None else round(v, 2)}" for k, v in sorted(scores.items()))
         print(f"joint {pair}: {shown}")
+    if codecs is None:
+        print("sim: not computed (SIM needs --model, a CoDi model folder or a codecs folder)")
+    for pair, scores in metrics["sim"].items():
+        shown = ", ".join(f"{mode} {'-' if scores[mode] is None else f'{scores[mode]:.3f}'} (n={scores['n_' + mode]})"
+                          for mode in ("joint", "independent"))
+        print(f"sim {pair}: {shown}")
     print(f"metrics: {out / 'metrics.json'}")
     return 0
 
@@ -111,17 +132,27 @@ def read_samples(root: Path) -> list[dict]:
     return samples
 
 
+def locate(root: Path, modality: str, value: str, where: str) -> Path:
+    """The file an output or input names (relative to ``root``); UsageError if it is not there."""
+    path = Path(value) if Path(value).is_absolute() else root / value
+    if not path.is_file():
+        raise UsageError(f"{where}: {modality} file {path} not found")
+    return path
+
+
+def decoded(read, modality: str, path: Path, where: str):
+    """``read(path)``, any decoder error turned into one UsageError naming the file."""
+    try:
+        return read(path)
+    except Exception as err:  # PyAV/PIL raise many types; any of them means the file is unreadable
+        raise UsageError(f"{where}: cannot decode {modality} file {path} ({type(err).__name__}: {err})") from None
+
+
 def probe(root: Path, modality: str, value: str, where: str) -> dict:
     """The attributes of one file (a missing or undecodable file is a UsageError naming it)."""
     from pipelines.toyworld_probes import probe_file
 
-    path = Path(value) if Path(value).is_absolute() else root / value
-    if not path.is_file():
-        raise UsageError(f"{where}: {modality} file {path} not found")
-    try:
-        return probe_file(modality, path)
-    except Exception as err:  # PyAV/PIL raise many types; any of them means the file is unreadable
-        raise UsageError(f"{where}: cannot decode {modality} file {path} ({type(err).__name__}: {err})") from None
+    return decoded(lambda p: probe_file(modality, p), modality, locate(root, modality, value, where), where)
 
 
 def stated_truth(root: Path, sample: dict, where: str) -> dict:
@@ -158,8 +189,8 @@ def agree(a: dict, b: dict, names: set[str]) -> bool:
     return all(a.get(n) is not None and a.get(n) == b.get(n) for n in names)
 
 
-def evaluate(root: Path) -> dict:
-    """The metrics of one generations folder (see the module docstring)."""
+def evaluate(root: Path, codecs=None) -> dict:
+    """The metrics of one generations folder (see the module docstring); ``sim`` only with ``codecs``."""
     from pipelines.toyworld_spec import implied
 
     tasks: dict[str, dict] = {}
@@ -188,10 +219,94 @@ def evaluate(root: Path) -> dict:
             tally[sample.get("mode", "joint")][1] += 1
     return {"tasks": {task: {k: (v if k == "n" else v[0] / v[1]) for k, v in counts.items()}
                       for task, counts in tasks.items()},
-            "joint": {pair: {"joint_agreement": _fraction(t["joint"]), "n_joint": t["joint"][1],
-                             "independent_agreement": _fraction(t["independent"]),
-                             "n_independent": t["independent"][1]} for pair, t in joint.items()}}
+            "joint": {pair: {"joint_agreement": _mean(t["joint"]), "n_joint": t["joint"][1],
+                             "independent_agreement": _mean(t["independent"]),
+                             "n_independent": t["independent"][1]} for pair, t in joint.items()},
+            "sim": {} if codecs is None else sim_metrics(root, codecs)}
 
 
-def _fraction(tally: list[int]) -> float | None:
+def _mean(tally: list) -> float | None:
+    """sum / count of a [sum, count] tally; None when it counted nothing."""
     return tally[0] / tally[1] if tally[1] else None
+
+
+# ---- SIM (CoDi Eq. 4) ----------------------------------------------------------------------------------
+
+def load_codecs(folder: Path):
+    """The ``Codecs`` of a CoDi model folder (its ``codecs/``) or of a codecs folder, on CPU in eval mode."""
+    from models.codecs import CONFIG_FILE, Codecs
+    from models.codi.model import CODECS_DIR, CONFIG_NAME
+
+    directory = folder / CODECS_DIR if (folder / CONFIG_NAME).is_file() else folder
+    if not folder.exists():
+        raise UsageError(f"--model {folder}: not found")
+    if directory != folder and not (directory / CONFIG_FILE).is_file():
+        raise UsageError(f"--model {folder}: a CoDi model folder without codecs ({directory / CONFIG_FILE} "
+                         "not found); SIM needs its prompt encoders")
+    if not (directory / CONFIG_FILE).is_file():
+        raise UsageError(f"--model {folder}: neither a CoDi model folder (codi_config.json + codecs/) nor a "
+                         "codecs folder (config.json + model.safetensors)")
+    try:
+        codecs = Codecs.from_pretrained(directory)
+    except CodirayError as err:     # a config or weights file that does not load: one line, with --model
+        raise UsageError(f"--model {folder}: {err}") from None
+    except Exception as err:        # safetensors header errors and the like from the weights file
+        problem = (str(err).strip().splitlines() or [""])[0][:300]
+        raise UsageError(f"--model {folder}: cannot load {directory / 'model.safetensors'} "
+                         f"({type(err).__name__}: {problem})") from None
+    return codecs.to("cpu").eval()
+
+
+def sim(a, b) -> float:
+    """CoDi Eq. 4: SIM(A, B) = cos(C_A(A), C_B(B)) of two prompt embeddings (vectors)."""
+    import torch.nn.functional as F
+
+    return float(F.cosine_similarity(a.double(), b.double(), dim=-1))
+
+
+def read_for_condition(modality: str, path: Path, rate: int):
+    """One file in the layout ``Codecs.condition`` takes, batch of one: image uint8 (1, h, w, 3), video
+    uint8 (1, f, h, w, 3), audio float32 (1, n) at ``rate``, text [str]."""
+    import torch
+    import torchaudio.functional as AF
+
+    from pipelines.toyworld_probes import read_audio, read_image, read_video
+
+    if modality == "image":
+        return torch.from_numpy(read_image(path).copy())[None]
+    if modality == "video":
+        return torch.from_numpy(read_video(path)[0])[None]
+    if modality == "audio":
+        wave, file_rate = read_audio(path)
+        wave = torch.from_numpy(wave)[None]
+        return wave if file_rate == rate else AF.resample(wave, file_rate, rate)
+    return [path.read_text(encoding="utf-8").strip()]
+
+
+def embed(codecs, root: Path, modality: str, value: str, where: str):
+    """C_m(output): the prompt embedding of one output file as a vector."""
+    import torch
+
+    path = locate(root, modality, value, where)
+    data = decoded(lambda p: read_for_condition(modality, p, codecs.cfg.sample_rate), modality, path, where)
+    with torch.no_grad():
+        return codecs.condition(modality, data)[0].mean(dim=0)   # (1, 768) -> (768,)
+
+
+def sim_metrics(root: Path, codecs) -> dict:
+    """Mean SIM per output pair, jointly vs independently generated samples (the module docstring)."""
+    sums: dict[str, dict] = {}
+    for index, sample in enumerate(read_samples(root)):
+        if len(sample["outputs"]) < 2:
+            continue
+        where = f"{root / 'generation.json'}: samples[{index}].outputs"
+        order = sorted(sample["outputs"], key=MODALITIES.index)
+        vectors = {m: embed(codecs, root, m, sample["outputs"][m], where) for m in order}
+        for a, b in combinations(order, 2):
+            tally = sums.setdefault(f"{a}+{b}", {"joint": [0.0, 0], "independent": [0.0, 0]})
+            tally[sample.get("mode", "joint")][0] += sim(vectors[a], vectors[b])
+            tally[sample.get("mode", "joint")][1] += 1
+    pairs = sorted(sums, key=lambda p: [MODALITIES.index(m) for m in p.split("+")])
+    return {p: {"joint": _mean(sums[p]["joint"]), "n_joint": sums[p]["joint"][1],
+                "independent": _mean(sums[p]["independent"]), "n_independent": sums[p]["independent"][1]}
+            for p in pairs}

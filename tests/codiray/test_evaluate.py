@@ -172,3 +172,197 @@ def test_bad_folders_are_one_clear_line(folders, tmp_path, capsys, edit, phrase)
 def test_missing_generation_json_is_one_clear_line(tmp_path, capsys):
     assert main(["eval", "--generations", str(tmp_path)]) == 2
     assert "generation.json: not found" in capsys.readouterr().err
+
+
+# ---- SIM (CoDi Eq. 4): cosine of the prompt embeddings of two co-generated outputs ---------------------
+#
+# The oracle embeds media the test holds itself (the rendered image array, the caption string, the WAV's
+# int16 samples read by the stdlib ``wave`` module, the MP4's frames decoded by PyAV here) through
+# ``Codecs.condition``; the cosines, the pairing, the averaging and the joint/independent split are
+# computed here by hand with NumPy.
+
+SIM_SCENES = [Scene("red", "circle", "left"), Scene("blue", "square", "right"), Scene("green", "triangle", "center")]
+SIM_CLIP = Clip("yellow", "square", "up", "quickly")
+
+
+@pytest.fixture(scope="module")
+def codecs_dir(tmp_path_factory):
+    from training.debug_codecs import ensure_debug_codecs
+
+    return ensure_debug_codecs(tmp_path_factory.mktemp("codecs") / "debug_codecs")
+
+
+@pytest.fixture(scope="module")
+def codecs(codecs_dir):
+    from codiray.evaluate import load_codecs
+
+    return load_codecs(codecs_dir)
+
+
+def build_sim(root: Path) -> Path:
+    """0: joint image+audio+text; 1: joint image+text; 2: independent image+text; 3: joint video+audio
+    (silent MP4 + WAV at 48 kHz); 4: text->image, one output (no pair)."""
+    root.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for i, scene in enumerate(SIM_SCENES):
+        (root / f"t{i}.txt").write_text(scene.caption + "\n")
+        outputs = {"image": _image(root, f"i{i}.png", scene), "text": f"t{i}.txt"}
+        if i == 0:
+            write_sound(root / "a0.wav", SOUNDS[0])
+            outputs["audio"] = "a0.wav"
+        samples.append({"inputs": {"text": scene.caption}, "outputs": outputs,
+                        "mode": "independent" if i == 2 else "joint"})
+    write_clip(root / "v3.mp4", SIM_CLIP, with_audio=False)
+    write_sound(root / "a3.wav", SIM_CLIP.sound, rate=48000)
+    samples.append({"inputs": {"text": SIM_CLIP.caption}, "outputs": {"video": "v3.mp4", "audio": "a3.wav"}})
+    samples.append({"inputs": {"text": SIM_SCENES[0].caption}, "outputs": {"image": _image(root, "i4.png", SIM_SCENES[0])}})
+    (root / "generation.json").write_text(json.dumps({"samples": samples}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def sim_folder(tmp_path_factory):
+    return build_sim(tmp_path_factory.mktemp("sim") / "gen")
+
+
+def _wav16(path: Path):
+    """A 16-bit WAV's samples as float32 (b=1, n), read by the stdlib (not by the evaluator's PyAV)."""
+    import wave
+
+    import numpy as np
+    import torch
+
+    with wave.open(str(path)) as w:
+        assert w.getsampwidth() == 2 and w.getnchannels() == 1 and w.getframerate() == 16000
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    return torch.from_numpy(pcm.astype(np.float32) / 32768.0)[None]
+
+
+def _frames(path: Path):
+    import av
+    import numpy as np
+    import torch
+
+    with av.open(str(path)) as container:
+        return torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]))[None]
+
+
+@pytest.fixture(scope="module")
+def oracle(codecs, sim_folder):
+    """Each output's embedding (float64 NumPy vector), from the test's own copy of the media."""
+    import numpy as np
+    import torch
+    import torchaudio.functional as AF
+
+    from pipelines.toyworld_av import synth_sound
+
+    def vec(modality, data):
+        with torch.no_grad():
+            return codecs.condition(modality, data).double().numpy().reshape(-1)
+
+    out = {}
+    for i, scene in enumerate(SIM_SCENES):
+        out[f"i{i}"] = vec("image", torch.from_numpy(np.asarray(render_image(scene, 64)).copy())[None])
+        out[f"t{i}"] = vec("text", [scene.caption])
+    out["a0"] = vec("audio", _wav16(sim_folder / "a0.wav"))
+    out["v3"] = vec("video", _frames(sim_folder / "v3.mp4"))
+    # the 48 kHz file holds the same tone as this 16 kHz one (to resampling and int16 rounding)
+    out["a3"] = vec("audio", AF.resample(torch.from_numpy(synth_sound(SIM_CLIP.sound, rate=48000))[None], 48000, 16000))
+    return out
+
+
+def _cos(a, b) -> float:
+    import numpy as np
+
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_sim_is_the_mean_cosine_per_pair_split_by_mode(sim_folder, codecs, oracle):
+    o = oracle
+    it = [_cos(o[f"i{i}"], o[f"t{i}"]) for i in range(3)]
+    assert len({round(c, 4) for c in it}) == 3, it          # distinct, so a wrong pairing shows
+    sim = evaluate(sim_folder, codecs)["sim"]
+    assert list(sim) == ["image+audio", "image+text", "video+audio", "audio+text"]   # MODALITIES order
+    assert sim["image+text"] == {"joint": pytest.approx((it[0] + it[1]) / 2, abs=1e-6), "n_joint": 2,
+                                 "independent": pytest.approx(it[2], abs=1e-6), "n_independent": 1}
+    assert sim["image+audio"] == {"joint": pytest.approx(_cos(o["i0"], o["a0"]), abs=1e-6), "n_joint": 1,
+                                  "independent": None, "n_independent": 0}
+    assert sim["audio+text"] == {"joint": pytest.approx(_cos(o["a0"], o["t0"]), abs=1e-6), "n_joint": 1,
+                                 "independent": None, "n_independent": 0}
+    assert sim["video+audio"]["n_joint"] == 1 and sim["video+audio"]["independent"] is None
+    assert sim["video+audio"]["joint"] == pytest.approx(_cos(o["v3"], o["a3"]), abs=2e-3)  # resampled + int16
+
+
+def test_swapping_modes_moves_the_sims(sim_folder, codecs, oracle, tmp_path):
+    def swap(doc):
+        doc["samples"][1]["mode"], doc["samples"][2]["mode"] = "independent", "joint"
+
+    sim = evaluate(_rewrite(sim_folder, tmp_path, swap), codecs)["sim"]
+    it = [_cos(oracle[f"i{i}"], oracle[f"t{i}"]) for i in range(3)]
+    assert sim["image+text"] == {"joint": pytest.approx((it[0] + it[2]) / 2, abs=1e-6), "n_joint": 2,
+                                 "independent": pytest.approx(it[1], abs=1e-6), "n_independent": 1}
+    assert sim["image+audio"]["joint"] == pytest.approx(_cos(oracle["i0"], oracle["a0"]), abs=1e-6)
+
+
+def test_audio_at_another_rate_is_resampled_to_the_codecs_rate(sim_folder, codecs, oracle):
+    from codiray.evaluate import embed
+
+    at48 = embed(codecs, sim_folder, "audio", "a3.wav", "test").double().numpy()
+    assert _cos(at48, oracle["a3"]) > 0.9999
+    import torch
+
+    from pipelines.toyworld_probes import read_audio
+
+    wave, rate = read_audio(sim_folder / "a3.wav")
+    assert rate == 48000
+    with torch.no_grad():  # the same samples taken as 16 kHz (no resampling) embed elsewhere
+        unresampled = codecs.condition("audio", torch.from_numpy(wave)[None]).double().numpy().reshape(-1)
+    assert _cos(unresampled, oracle["a3"]) < 0.99
+
+
+def test_cli_sim_from_a_codi_model_folder(sim_folder, codecs, oracle, tmp_path, capsys):
+    from models.codi.config import CoDiConfig
+    from models.codi.model import CoDi
+    from training.recipes_codi import tiny_image_unet
+
+    folder = CoDi(CoDiConfig(image=tiny_image_unet()), codecs).save_pretrained(tmp_path / "codi")
+    assert main(["eval", "--generations", str(sim_folder), "--out", str(tmp_path / "m"), "--model", str(folder)]) == 0
+    written = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    it = [_cos(oracle[f"i{i}"], oracle[f"t{i}"]) for i in range(3)]
+    assert written["sim"]["image+text"]["joint"] == pytest.approx((it[0] + it[1]) / 2, abs=1e-6)
+    assert written["sim"]["image+text"]["independent"] == pytest.approx(it[2], abs=1e-6)
+    out = capsys.readouterr().out
+    assert f"sim image+text: joint {(it[0] + it[1]) / 2:.3f} (n=2), independent {it[2]:.3f} (n=1)" in out
+    assert "sim image+audio: joint" in out and "independent - (n=0)" in out
+    assert written["tasks"]["text->image"]["n"] == 1      # the attribute scores still come with it
+
+
+def test_without_model_sim_is_empty_and_says_so(sim_folder, tmp_path, capsys):
+    assert main(["eval", "--generations", str(sim_folder), "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["sim"] == {}
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sim")]
+    assert lines == ["sim: not computed (SIM needs --model, a CoDi model folder or a codecs folder)"]
+
+
+@pytest.mark.parametrize("make, phrase", [
+    (lambda tmp: tmp / "nowhere", "not found"),
+    (lambda tmp: tmp, "neither a CoDi model folder"),                        # a folder with no config
+    (lambda tmp: (tmp / "codi_config.json").write_text("{}") and tmp, "a CoDi model folder without codecs"),
+])
+def test_bad_model_folder_is_one_clear_line(sim_folder, tmp_path, capsys, make, phrase):
+    folder = make(tmp_path)
+    assert main(["eval", "--generations", str(sim_folder), "--out", str(tmp_path / "m"), "--model", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and phrase in err and str(folder) in err, err
+    assert not (tmp_path / "m" / "metrics.json").exists()
+
+
+def test_a_codecs_folder_whose_weights_do_not_load_is_one_clear_line(codecs_dir, sim_folder, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(codecs_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    assert main(["eval", "--generations", str(sim_folder), "--model", str(broken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(broken) in err, err
