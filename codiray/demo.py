@@ -1,165 +1,231 @@
-"""`codiray demo`: the whole slice on one machine, real at every layer.
+"""`codiray demo`: any-to-any CoDi, trained and measured on one machine, real at every layer.
 
-    toy world (LAION-style parquet + JPEGs)  ->  codiray prepare laion  (Ray Data -> WebDataset shards)
-      ->  codiray train  (Ray Train, 2 workers, DeepSpeed ZeRO-2)  ->  codiray generate  (PNGs)
+    toy world (LAION parquet + JPEGs, WebVid CSV + MP4s, AudioSet / AudioCaps CSV + WAVs)
+      -> codiray prepare, all four styles      (Ray Data -> WebDataset shards)
+      -> codiray train --schedule codi_demo    (every CoDi stage kind, Ray Train + DeepSpeed, 2 CPU workers)
+      -> codiray generate, every task          (text->image, audio->image, text->video+audio jointly ...)
+      -> codiray eval                          (classical probes decode every output: metrics.json)
+      -> codiray report                        (report.html: samples, players, the DAG, loss curves, metrics)
 
 Ray starts in-process; a local folder stands in for the bucket. Running it again with the same
-``--out`` reuses the corpus and shards and resumes training from its last checkpoint.
+``--out`` reuses the corpus and shards, skips the finished stages and regenerates.
+``codiray demo --text-to-image`` runs the first slice instead (codiray/demo_t2i.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import load_config, save_config
-from common.errors import JobFailed
 from common.runtime import ensure_ray
-from pipelines.config import ImageConfig, PrepareConfig, ShardConfig
-from training.config import TrainConfig
-from training.recipes import text_to_image_demo, text_to_image_demo_debug
+from pipelines.config import AudioConfig, ImageConfig, PrepareConfig, ShardConfig, VideoConfig
 
-DEFAULT_PROMPTS = ["a red circle on the left", "a blue square on the right", "a green triangle in the center",
-                   "a yellow circle on the top", "a red square on the bottom", "a blue triangle on the left",
-                   "a green circle on the right", "a yellow square in the center"]
+STYLES = ("laion", "webvid", "audioset", "audiocaps")
+SCHEDULE_NAME = "codi"
+
+
+@dataclass
+class WorldConfig:
+    images: int = 512
+    videos: int = 128
+    sounds: int = 128
+    image_size: int = 48            # source JPEGs (prepare resizes to prepare.image.size)
+    seed: int = 0
+
+
+@dataclass
+class GenerateConfig:
+    per_task: int = 16              # input sets per task
+    steps: int = 50                 # DDIM steps (eta 0)
+    size: int = 32                  # image / video side; matches prepare's
+    frames: int = 8
+    fps: float = 8.0
+    seed: int = 1000                # held-out prompts: another seed than the world's
+    batch_size: int = 16
 
 
 @dataclass
 class DemoConfig:
-    num_samples: int = 1024
-    source_size: int = 48
-    seed: int = 0
+    world: WorldConfig = field(default_factory=WorldConfig)
     prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig(
-        image=ImageConfig(size=32, min_size=16), shards=ShardConfig(samples_per_shard=256)))
-    train: TrainConfig = field(default_factory=text_to_image_demo)
-    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
-    samples_per_prompt: int = 2
-    sample_steps: int = 50
-    guidance_scale: float = 3.0
+        image=ImageConfig(size=32, min_size=16), video=VideoConfig(size=32, fps=8.0, frames=8, threads=1),
+        audio=AudioConfig(sample_rate=16000, seconds=2.0, min_seconds=0.5, keep_waveform=True),
+        shards=ShardConfig(samples_per_shard=128)))
+    schedule: str = "codi_demo"
+    train_overrides: list[str] = field(default_factory=list)   # STAGE.key=value or key=value (all stages)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
 def debug_config() -> DemoConfig:
-    """A tiny, fast demo (tests and smoke runs)."""
-    train = text_to_image_demo_debug()
-    return DemoConfig(num_samples=48, source_size=24, train=train,
-                      prepare=PrepareConfig(image=ImageConfig(size=train.model.image_size, min_size=8),
-                                            shards=ShardConfig(samples_per_shard=16)),
-                      prompts=DEFAULT_PROMPTS[:2], samples_per_prompt=1, sample_steps=4)
+    """Tiny and fast (tests, smoke runs): ``codi_debug`` (two steps a stage), two samples a task."""
+    return DemoConfig(world=WorldConfig(images=8, videos=4, sounds=4, image_size=24, seed=3),
+                      prepare=PrepareConfig(image=ImageConfig(size=16, min_size=8),
+                                            video=VideoConfig(size=16, fps=4.0, frames=4, threads=1),
+                                            audio=AudioConfig(sample_rate=16000, seconds=0.32, min_seconds=0.1,
+                                                              keep_waveform=True),
+                                            shards=ShardConfig(samples_per_shard=4), concurrency=1),
+                      schedule="codi_debug",
+                      generate=GenerateConfig(per_task=2, steps=2, size=16, frames=4, fps=4.0, batch_size=4))
 
 
-def plot_history(history: list[dict], path: Path) -> Path:
-    import matplotlib
+def say(message: str) -> None:
+    print(message, flush=True)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([m["step"] for m in history], [m["loss"] for m in history], marker=".")
-    ax.set(xlabel="step", ylabel="training loss (diffusion MSE)", title="codiray demo: text-to-image diffuser")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+def make_world(cfg: DemoConfig, root: Path) -> dict:
+    from pipelines.toyworld_av import write_toyworld
+
+    w = cfg.world
+    done = root / ".complete"
+    corpora = None
+    if not done.is_file():
+        corpora = write_toyworld(root, images=w.images, videos=w.videos, sounds=w.sounds, seed=w.seed,
+                                 image_size=w.image_size)
+        done.write_text(json.dumps({s: {k: str(v) for k, v in c.items()} for s, c in corpora.items()}))
+    return {s: {k: Path(v) for k, v in c.items()} for s, c in json.loads(done.read_text()).items()}
+
+
+def prepare_all(cfg: DemoConfig, corpora: dict, shards: Path) -> dict[str, str]:
+    from pipelines.cli import prepare
+
+    data = {}
+    for style in STYLES:
+        out = shards / style
+        if not (out / "manifest.json").is_file():
+            manifest = prepare(style, str(corpora[style]["metadata"]), str(corpora[style]["media"]), str(out),
+                               cfg.prepare)
+        else:
+            manifest = json.loads((out / "manifest.json").read_text())
+        say(f"      {style}: {manifest.get('written', manifest.get('samples'))} samples, "
+            f"{manifest.get('dropped', 0)} dropped -> {out}")
+        data[style] = str(out)
+    return data
+
+
+def generate_all(model, cfg: DemoConfig, out: Path) -> Path:
+    """Every task of ``demo_tasks.TASKS`` into one generations folder (multi-output tasks jointly and independently)."""
+    import torch
+
+    from codiray.demo_tasks import TASKS, input_sets
+    from models.diffusion.config import SamplingConfig
+    from training.generate_codi import Request, generate, write_generation
+
+    g = cfg.generate
+    if out.exists():
+        shutil.rmtree(out)
+    device = torch.device("cpu")
+    for task in TASKS:
+        sets = input_sets(task, g.per_task, out.parent / "prompts", g.seed, g.size)
+        modes = (True, False) if len(task.outputs) > 1 else (True,)
+        for joint in modes:
+            started = time.perf_counter()
+            request = Request(input_sets=sets, outputs=list(task.outputs), sampling=SamplingConfig(
+                steps=g.steps, eta=0.0, seed=g.seed), joint=joint, size=g.size, frames=g.frames, fps=g.fps,
+                batch_size=g.batch_size)
+            rows = generate(model, request, device)
+            write_generation(rows, request, out, "demo model", model.config.diffusion, append=True)
+            mode = "" if len(modes) == 1 else (" jointly" if joint else " independently")
+            say(f"      {task.name}{mode}: {len(rows)} samples in {time.perf_counter() - started:.0f} s")
+    return out
 
 
 def run_demo(cfg: DemoConfig, out: Path) -> dict:
-    """Run every stage into ``out`` and return where each result went."""
-    from pipelines.laion import prepare_laion
-    from pipelines.toyworld import write_laion_corpus
-    from training.generate import find_checkpoint, generate_images, save_grid, write_samples
-    from training.launch import link_ray_logs, run_dir, train
-    from training.loop import HISTORY_NAME
-    from models.text_to_image import TextToImageDiffuser
+    """Every step into ``out``; returns where each result went and how long each step took."""
+    from codiray.evaluate import evaluate
+    from codiray.report import write_report
+    from training.launch import link_ray_logs
+    from training.orchestrator import run_schedule
+    from training.run_model import describe, model_from_run
+    from training.schedules import SCHEDULES
 
     out = out.resolve()
     bucket = out / "bucket"
-    timings = {}
     save_config(cfg, out / "demo_config.yaml")
+    timings: dict[str, float] = {}
 
     started = time.perf_counter()
-    corpus = bucket / "raw"
-    if not (corpus / "metadata.parquet").is_file():
-        write_laion_corpus(corpus, num_samples=cfg.num_samples, image_size=cfg.source_size, seed=cfg.seed)
-    print(f"[1/4] toy-world corpus: {corpus} ({cfg.num_samples} captioned JPEGs + metadata.parquet)", flush=True)
+    corpora = make_world(cfg, bucket / "raw")
+    w = cfg.world
+    say(f"[1/6] toy world: {bucket / 'raw'} ({w.images} images, {w.videos} videos with sound, {w.sounds} sounds "
+        "per audio style)")
+    timings["world_s"] = time.perf_counter() - started
 
-    # Workers' output and Ray's INFO chatter go to Ray's log folder (linked below); warnings stay here.
-    ensure_ray(log_to_driver=False, logging_level=logging.WARNING)
+    started = time.perf_counter()
+    ensure_ray(num_cpus=4, log_to_driver=False, logging_level=logging.WARNING)
     ray_logs = link_ray_logs(out)
-    shards = bucket / "shards"
-    manifest = prepare_laion(str(corpus / "metadata.parquet"), str(corpus / "images"), str(shards), cfg.prepare)
+    say("[2/6] prepare (Ray Data -> WebDataset shards):")
+    data = prepare_all(cfg, corpora, bucket / "shards")
     timings["prepare_s"] = time.perf_counter() - started
-    print(f"[2/4] shards: {shards} ({manifest['written']} written, {manifest['dropped']} dropped -> "
-          f"{shards / 'dropped.parquet'})", flush=True)
 
     started = time.perf_counter()
-    train_cfg = dataclasses.replace(cfg.train, storage_path=str(bucket / "runs"),
-                                    data=dataclasses.replace(cfg.train.data, path=str(shards)))
-    result = train(train_cfg)
-    if result.error:
-        raise JobFailed(f"training failed: {result.error}" + (f" (Ray's logs: {ray_logs})" if ray_logs else ""))
+    runs = bucket / "runs"
+    say(f"[3/6] train: schedule {cfg.schedule} -> {runs / SCHEDULE_NAME} (schedule.json, one folder per stage)")
+    run_schedule(SCHEDULES[cfg.schedule], SCHEDULE_NAME, str(runs), data=data, overrides=list(cfg.train_overrides))
     timings["train_s"] = time.perf_counter() - started
-    checkpoint = find_checkpoint(Path(run_dir(train_cfg)))
-    history = json.loads((checkpoint / HISTORY_NAME).read_text())
-    plot = plot_history(history, out / "loss.png")
-    print(f"[3/4] checkpoint: {checkpoint} (step {history[-1]['step']}, loss {history[0]['loss']:.3f} -> "
-          f"{history[-1]['loss']:.3f}; curve: {plot})", flush=True)
 
     started = time.perf_counter()
-    model = TextToImageDiffuser.from_pretrained(checkpoint)
-    prompts = [p for p in cfg.prompts for _ in range(cfg.samples_per_prompt)]
-    images = generate_images(model, prompts, steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale, seed=cfg.seed)
-    samples = out / "samples"
-    write_samples(images, prompts, samples)
-    grid = save_grid(images, samples / "grid.png", columns=max(1, cfg.samples_per_prompt) * 4)
+    run = runs / SCHEDULE_NAME
+    model = model_from_run(run)
+    model_dir = model.save_pretrained(out / "model")
+    say(f"[4/6] model: {model_dir} ({describe(run)}); generating every task:")
+    generations = generate_all(model, cfg, out / "generations")
     timings["generate_s"] = time.perf_counter() - started
-    print(f"[4/4] samples: {samples} ({len(prompts)} PNGs; grid: {grid})", flush=True)
-    return {"corpus": str(corpus), "shards": str(shards), "checkpoint": str(checkpoint), "loss_plot": str(plot),
-            "samples": str(samples), "grid": str(grid), "manifest": manifest, "timings": timings,
+
+    started = time.perf_counter()
+    metrics = evaluate(generations, codecs=model.codecs)
+    metrics_path = out / "metrics.json"
+    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    say(f"[5/6] eval: {metrics_path}")
+    for task, scores in sorted(metrics["tasks"].items()):
+        say(f"      {task} (n={scores['n']}): " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(scores.items())
+                                                       if k != "n"))
+    for pair, scores in sorted(metrics["joint"].items()):
+        say(f"      joint {pair}: " + ", ".join(f"{k} {v if v is None else round(v, 2)}"
+                                               for k, v in sorted(scores.items())))
+    for pair, scores in sorted(metrics.get("sim", {}).items()):
+        say(f"      SIM {pair}: " + ", ".join(f"{k} {v if v is None else round(v, 3)}"
+                                             for k, v in sorted(scores.items())))
+    report = write_report(out / "report", generations, metrics_path, run / "schedule.json")
+    timings["evaluate_s"] = time.perf_counter() - started
+    say(f"[6/6] report: {report}")
+    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    return {"data": data, "run": str(run), "model": str(model_dir), "generations": str(generations),
+            "metrics": str(metrics_path), "report": str(report), "timings": timings,
             "ray_logs": str(ray_logs) if ray_logs else None}
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="toy corpus -> prepare -> train (Ray Train + DeepSpeed) -> generate, all local",
-        description=__doc__.split("\n\n")[0] + " Config keys are DemoConfig's (e.g. num_samples=256 "
-                    "train.max_steps=300 prepare.image.size=32).",
+        "demo", help="toy world -> prepare -> staged CoDi training -> any-to-any generation -> eval -> report",
+        description=__doc__.split("\n\n")[0] + " Config keys are DemoConfig's (e.g. world.images=256 "
+                    "generate.per_task=8 train_overrides=[image_ldm.max_steps=50]).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="codiray-demo", help="folder standing in for the bucket + results")
     parser.add_argument("--config", help="YAML with DemoConfig keys")
-    parser.add_argument("--debug", action="store_true", help="tiny sizes (seconds, not minutes)")
+    parser.add_argument("--debug", action="store_true", help="tiny sizes (minutes, not tens of minutes)")
+    parser.add_argument("--text-to-image", action="store_true",
+                        help="the first slice instead: pixel text-to-image on the LAION-style toy corpus")
     parser.set_defaults(func=run, accepts_overrides=True)
 
 
-def keep_ray_logs(out: Path) -> None:
-    """Stop Ray and turn ``<out>/ray_logs`` (a link into Ray's session folder under /tmp) into a copy
-    that outlives /tmp's cleaning."""
-    import shutil
-
-    import ray
-
-    link = out.resolve() / "ray_logs"
-    if not link.is_symlink():
-        return
-    ray.shutdown()
-    target = link.resolve()
-    link.unlink()
-    shutil.copytree(target, link, symlinks=True, ignore_dangling_symlinks=True)
-
-
 def run(args) -> int:
+    from codiray import demo_t2i
+
+    if args.text_to_image:
+        return demo_t2i.run(args)
     base = debug_config() if args.debug else DemoConfig()
     cfg = load_config(DemoConfig, args.config, args.overrides, base=base)
     started = time.perf_counter()
     try:
         paths = run_demo(cfg, Path(args.out))
     finally:
-        keep_ray_logs(Path(args.out))
-    print(f"demo done in {time.perf_counter() - started:.0f} s — look at {paths['grid']} and {paths['loss_plot']}"
-          + (f"; Ray's logs: {paths['ray_logs']}" if paths["ray_logs"] else ""))
+        demo_t2i.keep_ray_logs(Path(args.out))
+    say(f"demo done in {time.perf_counter() - started:.0f} s — open {paths['report']}"
+        + (f"; Ray's logs: {paths['ray_logs']}" if paths["ray_logs"] else ""))
     return 0

@@ -64,3 +64,29 @@ def log_mel(waveform: torch.Tensor, spec: MelSpec = AUDIOLDM) -> torch.Tensor:
     x = waveform.float()
     mel = mel_basis(spec).to(x.device) @ magnitude_stft(x, spec)
     return torch.log(torch.clamp(mel, min=spec.clamp)).transpose(1, 2).to(waveform.dtype)
+
+
+def mel_to_magnitude(log_mel_spec: torch.Tensor, spec: MelSpec = AUDIOLDM, iters: int = 100) -> torch.Tensor:
+    """``(b, t, m)`` log-mel -> ``(b, n_fft//2 + 1, t)`` magnitude Ŝ ≥ 0 with B Ŝ ≈ M = exp(log-mel):
+    ``iters`` multiplicative updates Ŝ ← Ŝ ⊙ BᵀM / BᵀBŜ (Lee & Seung's for ‖BŜ − M‖², from Ŝ = BᵀM). They
+    keep Ŝ non-negative and concentrate each band's energy on few bins, where the minimum-norm
+    solution spreads it over the band (beating partials: an envelope that flickers)."""
+    mel = log_mel_spec.float().exp().transpose(1, 2)                        # (b, m, t)
+    basis = mel_basis(spec).to(mel.device)                                  # (m, f)
+    numerator = basis.T @ mel
+    magnitude = numerator.clone()
+    gram = basis.T @ basis
+    for _ in range(iters):
+        magnitude = magnitude * numerator / (gram @ magnitude).clamp(min=1e-12)
+    return magnitude
+
+
+def griffin_lim(log_mel_spec: torch.Tensor, spec: MelSpec = AUDIOLDM, iters: int = 32) -> torch.Tensor:
+    """``(b, t, m)`` log-mel -> ``(b, t · hop)`` waveform by Griffin-Lim phase recovery (torchaudio's, with
+    momentum 0.99) on the least-squares magnitude: a vocoder with no weights."""
+    magnitude = mel_to_magnitude(log_mel_spec, spec)
+    window = torch.hann_window(spec.win_length, periodic=True, device=magnitude.device)
+    n = log_mel_spec.shape[1] * spec.hop_length
+    wave = AF.griffinlim(magnitude, window, spec.n_fft, spec.hop_length, spec.win_length, power=1.0, n_iter=iters,
+                         momentum=0.99, length=None, rand_init=False)
+    return torch.nn.functional.pad(wave, (0, max(0, n - wave.shape[-1])))[..., :n]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
-from common.melspec import AUDIOLDM, MelSpec, frame_count
+from common.melspec import AUDIOLDM, MelSpec, frame_count, griffin_lim
 from common.melspec import log_mel as _log_mel
 from models.autoencoders.kl import build_kl_vae, kl_decode, kl_encode
 from models.codecs_config import AudioConfig, VocoderConfig
@@ -94,7 +94,9 @@ class AudioCodec(nn.Module):
         return kl_decode(self.vae, z.to(self.vae.dtype), self.cfg.vae.scale).squeeze(1)
 
     def vocode(self, mel: torch.Tensor) -> torch.Tensor:
-        """``(b, frames, 64)`` log-mel -> ``(b, frames · hop)`` waveform."""
+        """``(b, frames, 64)`` log-mel -> ``(b, frames · hop)`` waveform (HiFi-GAN, or Griffin-Lim per the config)."""
+        if self.cfg.vocoder.decode_with == "griffin_lim":
+            return griffin_lim(mel.float(), self.spec, self.cfg.vocoder.griffin_lim_iters)
         wav = self.vocoder(mel.to(self.vocoder.dtype))
         wav = wav if wav.dim() == 2 else wav.unsqueeze(0)
         # HiFi-GAN's first transposed conv (k 16, stride 5, pad 5) adds a sample: 160·frames + 32 come out.

@@ -10,6 +10,7 @@ architecture comes from that directory and the size fields here are ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 CONTEXT_DIM = 768  # CoDi's shared prompt space (CLIP ViT-L/14 projection width)
 
@@ -44,6 +45,10 @@ class VocoderConfig:
     resblock_dilation_sizes: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
     trainable: bool = False
     pretrained: str | None = None
+    # what turns decoded mels into sound: the HiFi-GAN above (AudioLDM, CoDi), or Griffin-Lim phase
+    # recovery (common/melspec.py: no weights, for toy worlds where no trained vocoder exists)
+    decode_with: Literal["hifigan", "griffin_lim"] = "hifigan"
+    griffin_lim_iters: int = 32
 
 
 @dataclass

@@ -33,6 +33,7 @@ TRIANGLE_SKEW = 0.065         # centroid this far below the box middle (box heig
 MIN_SPEED = 0.5 * min(SPEEDS.values())       # slower than this is standing still
 PITCH_BAND = (100.0, 4000.0)  # Hz searched for the spectral peak
 ENVELOPE_WINDOW_S = 0.005     # RMS window of the pulse envelope
+ENVELOPE_SMOOTH_S = 0.02      # moving average over the envelope (shorter than the 8/s rhythm's 62 ms gaps)
 
 
 
@@ -149,17 +150,26 @@ def peak_frequency(wave: np.ndarray, rate: int) -> float | None:
 
 def pulse_rate(wave: np.ndarray, rate: int) -> float | None:
     """Pulses per second: 1 / the median interval between successive rising (and falling) edges of the
-    RMS envelope thresholded at half its 95th percentile (None for a steady or silent signal)."""
+    RMS envelope (5 ms frames, smoothed over ``ENVELOPE_SMOOTH_S``), switched on above 0.6 and off below
+    0.4 of its 95th percentile (hysteresis: a decoded tone's envelope wobbles without pulsing). None
+    for a steady or silent signal."""
     hop = max(1, int(round(ENVELOPE_WINDOW_S * rate)))
     frames = wave[: wave.size // hop * hop].reshape(-1, hop)
     envelope = np.sqrt((frames.astype(np.float64) ** 2).mean(axis=1))
-    level = np.percentile(envelope, 95)
+    width = max(1, int(round(ENVELOPE_SMOOTH_S / ENVELOPE_WINDOW_S)))
+    envelope = np.convolve(envelope, np.ones(width) / width, mode="same")
+    level = np.percentile(envelope, 95) if envelope.size else 0.0
     if level <= 1e-4:
         return None
-    on = envelope > 0.5 * level
-    change = np.diff(on.astype(np.int8))
-    intervals = [np.diff(np.nonzero(change == edge)[0]) for edge in (1, -1)]
-    intervals = np.concatenate(intervals)
+    on, edges = bool(envelope[0] > 0.5 * level), {1: [], -1: []}
+    for index, value in enumerate(envelope):
+        if not on and value > 0.6 * level:
+            on = True
+            edges[1].append(index)
+        elif on and value < 0.4 * level:
+            on = False
+            edges[-1].append(index)
+    intervals = np.concatenate([np.diff(edges[1]), np.diff(edges[-1])])
     if intervals.size == 0:
         return None
     return rate / (hop * float(np.median(intervals)))

@@ -68,3 +68,16 @@ def bucket(s3_endpoint, request):
     name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def codi_demo_debug(ray_local, tmp_path_factory):
+    """One ``codiray demo --debug`` run (toy world, four prepare jobs, ``codi_debug``'s 16 stages, every
+    generation task, eval, report), shared by the demo's and the schedule's tests: (out, paths)."""
+    import torch
+
+    from codiray.demo import debug_config, run_demo
+
+    out = tmp_path_factory.mktemp("codi_demo")
+    torch.set_num_threads(1)
+    return out, run_demo(debug_config(), out)

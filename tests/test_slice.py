@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from codiray.cli import main
-from codiray.demo import debug_config, run_demo
+from codiray.demo_t2i import debug_config, run_demo
 from pipelines.reader import read_shards
 from training.generate import find_checkpoint
 from training.launch import run_dir, train

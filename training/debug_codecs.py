@@ -1,9 +1,13 @@
-"""The tiny debug ``Codecs`` of the toy schedules, written once as a ``Codecs.from_pretrained`` folder.
+"""The tiny ``Codecs`` of the toy schedules, written once as a ``Codecs.from_pretrained`` folder.
 
 No tokenizer can be downloaded, so the folder's BERT / GPT-2 / CLIP tokenizers are built here from a
-fixed toy-world vocabulary (one token per known word, bytes for anything else) and saved by
-``Codecs.save_pretrained`` beside the seeded random weights. Every stage of a debug schedule loads
-the same folder, so the frozen parts agree between stages.
+fixed vocabulary (one token per known word, bytes for anything else) and saved by
+``Codecs.save_pretrained`` beside the seeded random weights. Every stage of a schedule loads the same
+folder, so the frozen parts agree between stages. Two variants (``CodecsSource.path``):
+
+- ``debug``: ``models.codecs_config.debug()`` sizes, a generic word list; the unit tests' codecs.
+- ``toy``: the same sizes with the toy world's caption words (pipelines/toyworld_spec.py) and 1.28 s
+  of audio (128 mel frames: two pulses of the slowest rhythm), what ``codi_demo`` trains on.
 """
 
 from __future__ import annotations
@@ -33,26 +37,49 @@ def byte_chars() -> list[str]:
 
 
 def word_bpe(alphabet: list[str], words) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Byte-level BPE whose merges spell out ``words`` (with and without GPT-2's leading-space mark Ġ)."""
+    """Byte-level BPE whose merges spell out ``words`` (with and without GPT-2's leading-space mark Ġ).
+
+    Each form is built left to right, one character per merge. The Ġ forms come first, longest word
+    first, so inside a Ġ word the only merge that applies before the bare words' is the next link of
+    its own chain (every Ġ merge extends the leftmost piece): every known word after a space is one token.
+    """
     vocab = {c: i for i, c in enumerate(alphabet)}
     merges = []
-    for word in words:
-        for form in ("\u0120" + word, word):
-            for end in range(2, len(form) + 1):
-                piece = form[:end]
-                if piece not in vocab:
-                    vocab[piece] = len(vocab)
-                    merges.append((form[: end - 1], form[end - 1]))
+    by_length = sorted(dict.fromkeys(words), key=lambda w: (-len(w), w))
+    for form in ["\u0120" + w for w in by_length] + by_length:
+        for end in range(2, len(form) + 1):
+            piece = form[:end]
+            if piece not in vocab:
+                vocab[piece] = len(vocab)
+                merges.append((form[: end - 1], form[end - 1]))
     return vocab, merges
 
 
-def write_tokenizers(root: Path) -> dict[str, str]:
+VARIANTS = ("debug", "toy")
+# LDM's latent scale factor (§4.3.2: ≈ 1 / std of the latents) of the toy autoencoders, measured on the
+# demo's autoencoder stages (posterior-mean std 1.57 image, 2.25 audio)
+TOY_SCALE = {"image": 0.6, "audio": 0.45}
+
+
+def toy_words() -> list[str]:
+    """Every word of the toy world's caption grammar (its templates filled with every value)."""
+    from pipelines.toyworld_spec import (COLORS, PITCHES, POSITION_PHRASES, RHYTHMS, SHAPES, SPEEDS, DIRECTIONS,
+                                         TEMPLATES)
+
+    text = " ".join([*TEMPLATES.values(), *COLORS, *SHAPES, *POSITION_PHRASES.values(), *DIRECTIONS, *SPEEDS,
+                     *(w for w, _ in PITCHES.values()), *(w for w, _ in RHYTHMS.values())])
+    words = [w.strip(",") for w in text.replace("{", " ").replace("}", " ").split()]
+    return list(dict.fromkeys(w for w in words if w.isalpha() and w not in
+                              {"colour", "shape", "position", "motion", "speed", "pitch", "rhythm"}))
+
+
+def write_tokenizers(root: Path, words=WORDS) -> dict[str, str]:
     """Local BERT / GPT-2 / CLIP tokenizers under ``root`` (directories by name)."""
     from transformers import BertTokenizer, CLIPTokenizer, GPT2Tokenizer
 
-    bert = BertTokenizer(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])},
+    bert = BertTokenizer(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])},
                          do_lower_case=False)
-    gpt2_vocab, merges = word_bpe(byte_chars(), WORDS)
+    gpt2_vocab, merges = word_bpe(byte_chars(), words)
     gpt2 = GPT2Tokenizer(vocab=gpt2_vocab, merges=merges)
     clip_vocab = {c: i for i, c in enumerate(byte_chars())}
     clip_vocab.update({c + "</w>": 256 + i for i, c in enumerate(byte_chars())})
@@ -65,28 +92,38 @@ def write_tokenizers(root: Path) -> dict[str, str]:
     return paths
 
 
-def debug_codecs_config(tokenizer_dirs: dict[str, str]):
-    """``models.codecs_config.debug()`` sizes with the tokenizers of ``write_tokenizers``."""
+def debug_codecs_config(tokenizer_dirs: dict[str, str], variant: str = "debug"):
+    """``models.codecs_config.debug()`` sizes with the tokenizers of ``write_tokenizers`` (``toy``: 128 mel frames)."""
     from models.codecs_config import debug
 
     cfg = debug()
+    if variant == "toy":
+        # f = 4 autoencoders (8x8 latents of 32 px images; 16x32 of 1.28 s of 64-bin mel: two pulses of
+        # the slowest rhythm); whole video captions fit CLIP's character tokens
+        cfg.image = dataclasses.replace(cfg.image, block_out_channels=(8, 16, 32), scale=TOY_SCALE["image"])
+        cfg.audio = dataclasses.replace(cfg.audio, frames=128, vae=dataclasses.replace(
+            cfg.audio.vae, block_out_channels=(8, 16, 32), scale=TOY_SCALE["audio"]),
+            vocoder=dataclasses.replace(cfg.audio.vocoder, decode_with="griffin_lim"))
+        cfg.clip = dataclasses.replace(cfg.clip, max_position_embeddings=77)
     cfg.text = dataclasses.replace(cfg.text, encoder_tokenizer=tokenizer_dirs["bert"],
                                    decoder_tokenizer=tokenizer_dirs["gpt2"])
     cfg.clip = dataclasses.replace(cfg.clip, tokenizer=tokenizer_dirs["clip"])
     return cfg
 
 
-def debug_codecs(tokenizer_dirs: dict[str, str], seed: int = 0):
-    """The debug codecs with these tokenizers and seeded random weights."""
+def debug_codecs(tokenizer_dirs: dict[str, str], seed: int = 0, variant: str = "debug"):
+    """The debug (or toy) codecs with these tokenizers and seeded random weights."""
     from models.codecs import Codecs
 
     torch.manual_seed(seed)
-    return Codecs(debug_codecs_config(tokenizer_dirs))
+    return Codecs(debug_codecs_config(tokenizer_dirs, variant))
 
 
-def ensure_debug_codecs(directory: str | Path, seed: int = 0) -> Path:
-    """Write the debug codecs folder at ``directory`` unless it is there; concurrent writers are safe
+def ensure_debug_codecs(directory: str | Path, seed: int = 0, variant: str = "debug") -> Path:
+    """Write the ``variant`` codecs folder at ``directory`` unless it is there; concurrent writers are safe
     (each writes a temporary sibling and renames it into place; the loser's copy is dropped)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown codecs variant {variant!r} (one of {', '.join(VARIANTS)})")
     directory = Path(directory)
     if (directory / "model.safetensors").is_file():
         return directory
@@ -94,7 +131,8 @@ def ensure_debug_codecs(directory: str | Path, seed: int = 0) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".debug_codecs-", dir=directory.parent))
     try:
         with tempfile.TemporaryDirectory() as toks:
-            debug_codecs(write_tokenizers(Path(toks)), seed).save_pretrained(tmp / "codecs")
+            words = toy_words() if variant == "toy" else WORDS
+            debug_codecs(write_tokenizers(Path(toks), words), seed, variant).save_pretrained(tmp / "codecs")
         try:
             os.rename(tmp / "codecs", directory)
         except OSError:

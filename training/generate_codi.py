@@ -55,9 +55,12 @@ class Request:
 
 
 def is_codi_folder(uri: str) -> bool:
+    """A CoDi model folder (local or ``s3://``) or a local schedule run folder (``schedule.json``)."""
+    from training.run_model import is_run_folder
+
     if storage.is_remote(uri):
         return storage.exists(storage.join(uri, CODI_CONFIG))
-    return (Path(uri).expanduser() / CODI_CONFIG).is_file()
+    return (Path(uri).expanduser() / CODI_CONFIG).is_file() or is_run_folder(uri)
 
 
 def local_model_folder(uri: str, tmp: str) -> Path:
@@ -77,7 +80,12 @@ def local_model_folder(uri: str, tmp: str) -> Path:
 
 
 def load_model(uri: str) -> CoDi:
-    """The CoDi model of a folder, with its codecs (``CoDi.from_pretrained`` reads ``codecs/``)."""
+    """The CoDi model of a folder, with its codecs (``CoDi.from_pretrained`` reads ``codecs/``), or the
+    model a schedule run folder trained (training/run_model.py)."""
+    from training.run_model import is_run_folder, model_from_run
+
+    if not storage.is_remote(uri) and is_run_folder(uri):
+        return model_from_run(uri)
     with tempfile.TemporaryDirectory() as tmp:
         model = CoDi.from_pretrained(local_model_folder(uri, tmp))
     if model.codecs is None:

@@ -67,15 +67,15 @@ def check_text_to_image_data(cfg: TrainConfig, manifest: dict) -> None:
 def resolve_debug_codecs(cfg: TrainConfig) -> TrainConfig:
     """A CoDi stage on ``task.codecs.path: debug`` gets the debug codecs folder, written once under its
     storage path (``<storage_path>/debug_codecs``: every stage of a schedule shares it)."""
-    from training.debug_codecs import ensure_debug_codecs
-    from training.task_config import DEBUG_CODECS
+    from training.debug_codecs import VARIANTS, ensure_debug_codecs
 
-    if cfg.task.kind == "text_to_image" or cfg.task.codecs.path != DEBUG_CODECS:
+    variant = cfg.task.codecs.path
+    if cfg.task.kind == "text_to_image" or variant not in VARIANTS:
         return cfg
     if storage.is_remote(cfg.storage_path):
-        raise UsageError(f"task.codecs.path: debug writes a local codecs folder; {cfg.storage_path} is remote "
+        raise UsageError(f"task.codecs.path: {variant} writes a local codecs folder; {cfg.storage_path} is remote "
                          "(set task.codecs.path to a Codecs folder every worker can read)")
-    folder = ensure_debug_codecs(Path(storage_uri(cfg)) / "debug_codecs", cfg.task.codecs.seed)
+    folder = ensure_debug_codecs(Path(storage_uri(cfg)) / f"{variant}_codecs", cfg.task.codecs.seed, variant)
     codecs = dataclasses.replace(cfg.task.codecs, path=str(folder))
     return dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, codecs=codecs))
 

@@ -153,9 +153,10 @@ def run_schedule(schedule_fn: Callable[[], Schedule], name: str, storage_path: s
     task = ray.remote(num_cpus=0, max_retries=0)(train_stage)
     cluster = ray.cluster_resources()
     running: dict = {}  # ObjectRef -> stage name
+    launch_order = schedule.launch_order()
     while True:
         changed = fail_dependants(records, planned)
-        for n in planned:
+        for n in launch_order:
             if records[n]["status"] != "pending" or not all(records[m]["status"] in FINISHED for m in planned[n].stage.needs):
                 continue
             in_flight = [planned[m].resources for m in running.values()]

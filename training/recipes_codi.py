@@ -1,13 +1,16 @@
 """CoDi stage recipes (torchtitan style: each stage's config is a function) and the ``upstream``
 functions that point a stage at what its needs exported.
 
-Only ``_debug`` sizes exist today: tiny UNets over the debug codecs (training/debug_codecs.py), one
-worker, two optimizer steps — what ``codi_debug`` (training/schedules.py) runs end to end on a laptop.
+Every recipe takes a ``Budget`` (steps, batch, workers, LR) and a codecs variant; the UNets are tiny
+(toy worlds on a laptop). ``DEBUG`` — one worker, two optimizer steps — is what ``codi_debug``
+(training/schedules.py) runs in the tests; ``codi_demo`` gives the same DAG the demo's budgets.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -18,7 +21,7 @@ from common.resources import WorkerResources
 from models.codi import CoDiConfig
 from models.codi.config import UNetSpec
 from training.config import EMAConfig, OptimConfig, ScalingConfig, TrainConfig
-from training.task_config import CodecsSource, TaskConfig
+from training.task_config import DEBUG_CODECS, CodecsSource, TaskConfig
 from training.tasks.autoencoder import AutoencoderObjective
 from training.tasks.bridging import BridgingObjective
 from training.tasks.cascade import CascadeObjective
@@ -28,6 +31,7 @@ from training.tasks.ldm import ConditionConfig, LDMObjective
 
 CONTEXT = 768              # the codecs' condition width (CLIP / CLAP projection)
 WEIGHTS = "model.safetensors"
+UPSTREAM = "<set by upstream>"   # init placeholder: the stage's ``upstream`` points it at its needs' exports
 
 
 # -- tiny UNets --------------------------------------------------------------------------------------
@@ -39,6 +43,14 @@ def tiny_image_unet(video: bool = False, connectors: bool = True) -> UNetSpec:
                     connector_levels=[True, True], connector_dim=64)
 
 
+def tiny_audio_unet() -> UNetSpec:
+    """The audio UNet on the debug mel-VAE's 8-channel latent (no attention at the full-size level)."""
+    return UNetSpec(in_channels=8, out_channels=8, model_channels=64, channel_mult=[1, 2], num_res_blocks=[1, 1],
+                    attention_levels=[False, True], num_heads=4, context_dim=CONTEXT, connectors=True,
+                    connector_mult=[1, 2], connector_blocks=[1, 1], connector_levels=[True, True], connector_dim=64,
+                    scale_factor=0.9228)
+
+
 def tiny_text_unet(latent: int = 16) -> UNetSpec:
     """The text UNet on the debug Optimus' 16-d latent."""
     return UNetSpec(kind="text", in_channels=latent, out_channels=latent, model_channels=32, channel_mult=[1, 2],
@@ -47,69 +59,82 @@ def tiny_text_unet(latent: int = 16) -> UNetSpec:
                     connector_levels=[True, True], connector_dim=64, scale_factor=4.3108)
 
 
-def debug_stage(name: str, task: TaskConfig, data: str) -> TrainConfig:
-    """Two steps of batch 2 on one worker of 1.5 CPUs (two stages side by side on a 4-CPU Ray leave a
-    CPU for Ray Data's reads), EMA on, constant LR."""
+@dataclass(frozen=True)
+class Budget:
+    """How long and how wide a stage trains: optimizer steps, batch per worker, workers × CPUs, LR."""
+
+    steps: int = 2
+    batch: int = 2
+    workers: int = 1
+    cpus: float = 1.5
+    lr: float = 1e-3
+    warmup: int = 0
+    checkpoint_every: int = 0          # 0: at the end only
+    log_every: int = 1
+
+
+DEBUG = Budget()   # two steps of batch 2 on one worker of 1.5 CPUs (two stages side by side on a 4-CPU Ray
+                   # leave a CPU for Ray Data's reads)
+
+
+def stage(name: str, task: TaskConfig, data: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS) -> TrainConfig:
+    """A stage config: the task (its shard set named ``data`` in errors) on the ``codecs`` variant, EMA on,
+    constant LR after ``budget.warmup``."""
     task = dataclasses.replace(task, **{f: dataclasses.replace(getattr(task, f), shard_set=data)
                                         for f in ("autoencoder", "bridging", "ldm", "cascade", "distillation")
                                         if getattr(task, f) is not None})
-    return TrainConfig(name=name, task=task, seed=0, zero_stage=0, batch_size_per_worker=2, max_steps=2,
-                       log_every=1, checkpoint_every=2, optim=OptimConfig(lr=1e-3, warmup_steps=0),
-                       ema=EMAConfig(decay=0.999), scaling=ScalingConfig(1, WorkerResources(cpus=1.5)))
+    task = dataclasses.replace(task, codecs=dataclasses.replace(task.codecs, path=codecs))
+    b = budget
+    return TrainConfig(name=name, task=task, seed=0, zero_stage=0, batch_size_per_worker=b.batch, max_steps=b.steps,
+                       log_every=b.log_every, checkpoint_every=b.checkpoint_every or b.steps,
+                       optim=OptimConfig(lr=b.lr, warmup_steps=b.warmup), ema=EMAConfig(decay=0.999),
+                       scaling=ScalingConfig(b.workers, WorkerResources(cpus=b.cpus)))
 
 
-# -- recipes -----------------------------------------------------------------------------------------
-
-def image_autoencoder_debug() -> TrainConfig:
-    return debug_stage("image_autoencoder", TaskConfig(kind="autoencoder", autoencoder=AutoencoderObjective("image")),
-                       "laion")
+def debug_stage(name: str, task: TaskConfig, data: str) -> TrainConfig:
+    return stage(name, task, data)
 
 
-def audio_autoencoder_debug() -> TrainConfig:
-    return debug_stage("audio_autoencoder", TaskConfig(kind="autoencoder", autoencoder=AutoencoderObjective("audio")),
-                       "audiocaps")
+# -- recipes: each takes its Budget and codecs variant (``codi_schedule`` binds them) ----------------
+
+def autoencoder(piece: str, data: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS) -> TrainConfig:
+    """One codecs piece (image / audio VAE, vocoder, Optimus text VAE) on its own."""
+    return stage(f"{piece}_autoencoder", TaskConfig(kind="autoencoder", autoencoder=AutoencoderObjective(piece)),
+                 data, budget, codecs)
 
 
-def audio_bridging_debug() -> TrainConfig:
-    return debug_stage("audio_bridging", TaskConfig(kind="bridging_alignment", bridging=BridgingObjective("audio")),
-                       "audiocaps")
+def bridging(modality: str, data: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS) -> TrainConfig:
+    return stage(f"{modality}_bridging", TaskConfig(kind="bridging_alignment", bridging=BridgingObjective(modality)),
+                 data, budget, codecs)
 
 
-def image_ldm_debug() -> TrainConfig:
-    """Text-to-image LDM on a CoDi holding the image AND text UNets (the text UNet waits for latent alignment)."""
-    task = TaskConfig(kind="ldm", ldm=LDMObjective("image", ConditionConfig({"text": 1.0}, drop_prob=0.1)),
-                      codi=CoDiConfig(image=tiny_image_unet(), text=tiny_text_unet()))
-    return debug_stage("image_ldm", task, "laion")
+def ldm(modality: str, data: str, conditions: Mapping[str, float], budget: Budget = DEBUG,
+        codecs: str = DEBUG_CODECS, frames: int = 0, frame_stride: int = 1) -> TrainConfig:
+    """One modality's LDM on a CoDi holding only its UNet; video starts from the image LDM (``from_ldm``)."""
+    specs = {"image": {"image": tiny_image_unet(video=True)}, "audio": {"audio": tiny_audio_unet()},
+             "text": {"text": tiny_text_unet()}, "video": None}[modality]
+    objective = LDMObjective(modality, ConditionConfig(dict(conditions), drop_prob=0.1), frames=frames,
+                             frame_stride=frame_stride)
+    task = TaskConfig(kind="ldm", ldm=objective, codi=CoDiConfig(**specs) if specs else None,
+                      init="" if specs else UPSTREAM)
+    return stage(f"{modality}_ldm", task, data, budget, codecs)
 
 
-def text_image_alignment_debug() -> TrainConfig:
-    task = TaskConfig(kind="latent_alignment", init="<set by upstream>",
-                      latent_alignment=LatentAlignmentObjective(PHASES["text_image"]))
-    return debug_stage("text_image_alignment", task, "laion")
+def alignment(phase: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS) -> TrainConfig:
+    p = PHASES[phase]
+    task = TaskConfig(kind="latent_alignment", init=UPSTREAM, latent_alignment=LatentAlignmentObjective(p))
+    return stage(f"{phase}_alignment", task, p.shard_set, budget, codecs)
 
 
-def cascade_debug(kind: str) -> TrainConfig:
+def cascade(kind: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS) -> TrainConfig:
     task = TaskConfig(kind="cascade", cascade=CascadeObjective(kind=kind, factor=2),
                       cascade_unet=tiny_image_unet(video=True, connectors=False))
-    return debug_stage(f"cascade_{kind}", task, "webvid")
+    return stage(f"cascade_{kind}", task, "webvid", budget, codecs)
 
 
-def cascade_base_debug() -> TrainConfig:
-    return cascade_debug("base")
-
-
-def cascade_ssr_debug() -> TrainConfig:
-    return cascade_debug("ssr")
-
-
-def cascade_tsr_debug() -> TrainConfig:
-    return cascade_debug("tsr")
-
-
-def image_distillation_debug() -> TrainConfig:
-    task = TaskConfig(kind="distillation", init="<set by upstream>",
-                      distillation=DistillationObjective("image", student_steps=4))
-    return debug_stage("image_distillation", task, "laion")
+def distillation(modality: str, data: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS) -> TrainConfig:
+    task = TaskConfig(kind="distillation", init=UPSTREAM, distillation=DistillationObjective(modality, student_steps=4))
+    return stage(f"{modality}_distillation", task, data, budget, codecs)
 
 
 # -- upstream: a stage's needs' exports -> its config ------------------------------------------------
@@ -143,3 +168,26 @@ def from_ldm(cfg: TrainConfig, checkpoints: Mapping[str, str]) -> TrainConfig:
     return with_task(cfg, init=checkpoints[ldm[0]], init_weights=WEIGHTS,
                      codecs=CodecsSource(path=upstream.task.codecs.path, overlays=list(upstream.task.codecs.overlays),
                                          seed=upstream.task.codecs.seed))
+
+
+def merge_ldms(cfg: TrainConfig, checkpoints: Mapping[str, str]) -> TrainConfig:
+    """Start latent alignment from the per-modality LDMs trained apart (CoDi §3.3 → §3.4): each UNet from
+    the need whose export holds it (a video LDM's image UNet wins over the image LDM it grew from), with
+    the codecs they trained on (which must be the same)."""
+    parts: dict[str, str] = {}
+    codecs = None
+    for name, ckpt in checkpoints.items():
+        upstream = stage_config(ckpt)
+        if upstream.task.kind != "ldm":
+            continue
+        held = json.loads((Path(ckpt) / "codi_config.json").read_text())
+        video = upstream.task.ldm.modality == "video"
+        for unet in ("image", "audio", "text"):
+            if held.get(unet) is not None and (video or unet not in parts):
+                parts[unet] = ckpt
+        if codecs is not None and upstream.task.codecs != codecs:
+            raise ValueError(f"{name}: trained on other codecs than its fellow LDM stages")
+        codecs = upstream.task.codecs
+    if codecs is None:
+        raise ValueError(f"needs ldm stages to merge, got {sorted(checkpoints)}")
+    return with_task(cfg, init="", init_parts=parts, init_weights=WEIGHTS, codecs=codecs)

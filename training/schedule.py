@@ -72,6 +72,17 @@ class Schedule:
         """Stage names in an order where every stage comes after its needs (declaration order otherwise)."""
         return topological_order(self.stages)
 
+    def launch_order(self) -> list[str]:
+        """Which ready stage to start first: the longest chain of runs (a stage's curriculum phases count
+        as runs) still ahead of it first, so the critical path never waits behind a side branch."""
+        order = self.order()
+        ahead: dict[str, int] = {}
+        for name in reversed(order):
+            runs = max(1, len(self.stage(name).phases))
+            after = [ahead[s.name] for s in self.stages if name in s.needs]
+            ahead[name] = runs + max(after, default=0)
+        return sorted(order, key=lambda n: -ahead[n])   # stable: ties keep the topological order
+
 
 def validate(stages: list[Stage]) -> None:
     """One UsageError naming the stage for: duplicate or bad names, unknown kinds, unknown needs,

@@ -2,19 +2,21 @@
 
 ``engine_debug`` is NOT CoDi's schedule: it exercises the schedule engine (concurrent stages, a
 stage needing two others, skip/resume records) with the debug text-to-image diffuser.
-``codi_debug`` is CoDi's staged training at toy sizes: every stage kind, each stage loading what its
-needs exported (training/recipes_codi.py; the DAG is drawn in docs/schedule.md).
+``codi_demo`` is CoDi's staged training at toy sizes: every stage kind, each stage loading what its
+needs exported (training/recipes_codi.py; the DAG is drawn in docs/schedule.md); ``codi_debug`` is
+its twin for the tests (two steps a stage).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from functools import partial
+from typing import Callable, Mapping
 
 from training.config import ScalingConfig, TrainConfig
 from training import recipes_codi as rc
 from training.recipes import text_to_image_demo_debug
-from training.schedule import Schedule, Stage
+from training.schedule import CurriculumPhase, Schedule, Stage
 
 
 def one_worker_t2i_debug() -> TrainConfig:
@@ -33,26 +35,104 @@ def engine_debug() -> Schedule:
     ])
 
 
-def codi_debug() -> Schedule:
-    """CoDi's stages at toy sizes: codecs (autoencoders, audio bridging) -> image LDM -> text-image latent
-    alignment and progressive distillation; the video cascade (base, SSR, TSR) beside them."""
+def codi_schedule(budgets: Mapping[str, rc.Budget], codecs: str, video_phases: list[CurriculumPhase],
+                  vocoder: bool = True) -> Schedule:
+    """CoDi's staged training (CoDi §3.2-3.4, its appendix; Imagen Video §2.5-2.7), one stage per box:
+
+        autoencoders (image, audio, vocoder, text) ─┐
+        audio bridging (CLAP → CLIP text space) ────┴→ image / audio / text LDMs (in parallel)
+        image LDM → video LDM (curriculum phases) ──→ text+image → audio → video latent alignment
+        image LDM → progressive distillation;   cascade base / SSR / TSR beside everything
+
+    ``budgets`` maps a stage name to its Budget (``default`` for the rest); ``codecs`` is the codecs
+    variant every stage starts from (``debug`` or ``toy``); ``vocoder`` trains the HiFi-GAN (codecs
+    that decode with Griffin-Lim have nothing to train there)."""
+    def b(name: str) -> rc.Budget:
+        return budgets.get(name, budgets["default"])
+
+    def stage(name, kind, recipe, *args, needs=(), data=None, upstream=None, phases=(), **kw):
+        return Stage(name, kind, recipe=partial(recipe, *args, budget=b(name), codecs=codecs, **kw), needs=list(needs),
+                     data=data, upstream=upstream, phases=list(phases))
+
+    codec_stages = ["image_autoencoder", "audio_autoencoder", *(["vocoder_autoencoder"] if vocoder else []),
+                    "text_autoencoder", "audio_bridging"]
     return Schedule([
-        Stage("image_autoencoder", "autoencoder", recipe=rc.image_autoencoder_debug, data="laion"),
-        Stage("audio_autoencoder", "autoencoder", recipe=rc.audio_autoencoder_debug, data="audiocaps"),
-        Stage("audio_bridging", "bridging_alignment", recipe=rc.audio_bridging_debug, data="audiocaps"),
-        Stage("image_ldm", "ldm", recipe=rc.image_ldm_debug, data="laion",
-              needs=["image_autoencoder", "audio_autoencoder", "audio_bridging"], upstream=rc.codecs_from),
-        Stage("text_image_alignment", "latent_alignment", recipe=rc.text_image_alignment_debug, data="laion",
-              needs=["image_ldm"], upstream=rc.from_ldm),
-        Stage("image_distillation", "distillation", recipe=rc.image_distillation_debug, data="laion",
-              needs=["image_ldm"], upstream=rc.from_ldm),
-        Stage("cascade_base", "cascade_base", recipe=rc.cascade_base_debug, data="webvid"),
-        Stage("cascade_ssr", "cascade_ssr", recipe=rc.cascade_ssr_debug, data="webvid"),
-        Stage("cascade_tsr", "cascade_tsr", recipe=rc.cascade_tsr_debug, data="webvid"),
+        stage("image_autoencoder", "autoencoder", rc.autoencoder, "image", "laion", data="laion"),
+        stage("audio_autoencoder", "autoencoder", rc.autoencoder, "audio", "audiocaps", data="audiocaps"),
+        *([stage("vocoder_autoencoder", "autoencoder", rc.autoencoder, "vocoder", "audiocaps", data="audiocaps")]
+          if vocoder else []),
+        stage("text_autoencoder", "autoencoder", rc.autoencoder, "text", "laion", data="laion"),
+        stage("audio_bridging", "bridging_alignment", rc.bridging, "audio", "audiocaps", data="audiocaps"),
+        stage("image_ldm", "ldm", rc.ldm, "image", "laion", {"text": 1.0}, needs=codec_stages, data="laion",
+              upstream=rc.codecs_from),
+        stage("audio_ldm", "ldm", rc.ldm, "audio", "audiocaps", {"text": 1.0}, needs=codec_stages, data="audiocaps",
+              upstream=rc.codecs_from),
+        stage("text_ldm", "ldm", rc.ldm, "text", "laion", {"text": 1.0, "image": 1.0}, needs=codec_stages,
+              data="laion", upstream=rc.codecs_from),
+        stage("video_ldm", "ldm", rc.ldm, "video", "webvid", {"text": 1.0}, needs=["image_ldm"], data="webvid",
+              upstream=rc.from_ldm, phases=video_phases),
+        stage("text_image_alignment", "latent_alignment", rc.alignment, "text_image",
+              needs=["video_ldm", "audio_ldm", "text_ldm"], data="laion", upstream=rc.merge_ldms),
+        stage("audio_text_alignment", "latent_alignment", rc.alignment, "audio_text", needs=["text_image_alignment"],
+              data="audiocaps", upstream=rc.from_ldm),
+        stage("video_audio_alignment", "latent_alignment", rc.alignment, "video_audio",
+              needs=["audio_text_alignment"], data="webvid", upstream=rc.from_ldm),
+        stage("image_distillation", "distillation", rc.distillation, "image", "laion", needs=["image_ldm"],
+              data="laion", upstream=rc.from_ldm),
+        stage("cascade_base", "cascade_base", rc.cascade, "base", data="webvid"),
+        stage("cascade_ssr", "cascade_ssr", rc.cascade, "ssr", data="webvid"),
+        stage("cascade_tsr", "cascade_tsr", rc.cascade, "tsr", data="webvid"),
     ])
+
+
+def video_curriculum(short_until: int, until: int) -> list[CurriculumPhase]:
+    """CoDi's video curriculum at toy scale: short low-fps clips (every 2nd frame, 4 of them) first, then
+    every prepared frame; the boundary is a checkpoint."""
+    return [CurriculumPhase("short_low_fps", short_until, ["task.ldm.frames=4", "task.ldm.frame_stride=2"]),
+            CurriculumPhase("full", until, ["task.ldm.frames=0", "task.ldm.frame_stride=1"])]
+
+
+def codi_debug() -> Schedule:
+    """``codi_demo``'s DAG, every stage two steps on one worker (the tests' twin)."""
+    return codi_schedule({"default": rc.DEBUG}, "debug", video_curriculum(1, 2))
+
+
+def demo_budget(steps: int, batch: int = 8, lr: float = 1e-3) -> rc.Budget:
+    """2 workers of 0.75 CPU (two stages side by side on the demo's 4 logical CPUs leave one for Ray
+    Data), a short warmup, a loss line every 25 steps."""
+    return rc.Budget(steps=steps, batch=batch, workers=2, cpus=0.75, lr=lr, warmup=min(20, steps // 10),
+                     log_every=25)
+
+
+DEMO_BUDGETS = {   # sized from single-thread step times measured per stage (README: the demo's budget)
+    "default": demo_budget(100),
+    "image_autoencoder": demo_budget(200),
+    "audio_autoencoder": demo_budget(80),
+    "text_autoencoder": demo_budget(300),
+    "audio_bridging": demo_budget(100),
+    "image_ldm": demo_budget(500),
+    "audio_ldm": demo_budget(150),
+    "text_ldm": demo_budget(200),
+    "video_ldm": demo_budget(100, batch=4),
+    "text_image_alignment": demo_budget(60),
+    "audio_text_alignment": demo_budget(30),
+    "video_audio_alignment": demo_budget(30, batch=4),
+    "image_distillation": demo_budget(20),
+    # the cascade is there to show the stage kinds run; nothing samples from it in the demo
+    **{f"cascade_{k}": rc.Budget(steps=2, batch=2, workers=1, cpus=0.75) for k in ("base", "ssr", "tsr")},
+}
+
+
+def codi_demo() -> Schedule:
+    """The demo's training: ``codi_debug``'s DAG on the toy codecs (which decode mels with Griffin-Lim, so
+    no vocoder stage: a HiFi-GAN from scratch reached 16 % pitch accuracy after 300 CPU steps), each
+    stage on 2 CPU workers for the steps of ``DEMO_BUDGETS`` (sized to minutes on a 2-core laptop)."""
+    video = DEMO_BUDGETS["video_ldm"].steps
+    return codi_schedule(DEMO_BUDGETS, "toy", video_curriculum(video // 2, video), vocoder=False)
 
 
 SCHEDULES: dict[str, Callable[[], Schedule]] = {
     "engine_debug": engine_debug,
     "codi_debug": codi_debug,
+    "codi_demo": codi_demo,
 }

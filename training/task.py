@@ -22,7 +22,7 @@ from torch import nn
 
 from common.errors import UsageError
 from training.config import TrainConfig
-from training.task_config import DEBUG_CODECS, CodecsSource
+from training.task_config import CODECS_VARIANTS, CodecsSource
 
 
 class StageTask(Protocol):
@@ -50,9 +50,9 @@ def load_codecs(source: CodecsSource):
 
     from models.codecs import Codecs
 
-    if source.path == DEBUG_CODECS:
-        raise UsageError("task.codecs.path is still 'debug': launch.train writes the debug codecs and points the "
-                         "config at them before the workers start")
+    if source.path in CODECS_VARIANTS:
+        raise UsageError(f"task.codecs.path is still {source.path!r}: launch.train writes those codecs and points "
+                         "the config at them before the workers start")
     codecs = Codecs.from_pretrained(source.path)
     own = codecs.state_dict()
     for path in source.overlays:
@@ -76,7 +76,8 @@ def build_task(cfg: TrainConfig) -> StageTask:
 
     t = cfg.task
     codecs = lambda: load_codecs(t.codecs)  # noqa: E731 — built on each worker, not in the driver
-    init = (lambda: load_codi(t.init, t.init_weights)) if t.init else None
+    init = ((lambda: load_codi(t.init, t.init_weights)) if t.init else
+            (lambda: load_codi_parts(t.init_parts, t.init_weights)) if t.init_parts else None)
     if t.kind == "text_to_image":
         from training.step import TextToImageTask
 
@@ -87,14 +88,14 @@ def build_task(cfg: TrainConfig) -> StageTask:
         encoder = {"audio": lambda: load_codecs(t.codecs).clap, "video": lambda: load_codecs(t.codecs).clip}
         return BridgingTask(t.bridging, encoder=encoder[t.bridging.modality], text=codecs)
     if t.kind == "ldm":
-        codi = t.codi if t.codi is not None else codi_config(t.init)
+        codi = t.codi if t.codi is not None else init_config(t)
         return LDMTask(t.ldm, codi, codecs, init=init)
     if t.kind == "latent_alignment":
         return LatentAlignmentTask(t.latent_alignment, init, codecs)
     if t.kind == "cascade":
         return CascadeTask(t.cascade, t.cascade_unet, codecs)
     if t.kind == "distillation":
-        return DistillationTask(t.distillation, init, codecs, codi_config(t.init).diffusion)
+        return DistillationTask(t.distillation, init, codecs, init_config(t).diffusion)
     raise AssertionError(f"unhandled task kind {t.kind!r}")
 
 
@@ -110,6 +111,43 @@ def codi_config(directory: str):
     if not path.is_file():
         raise UsageError(f"{directory}: no {CONFIG_NAME} — task.init must be a CoDi folder (an ldm stage's checkpoint)")
     return from_dict(CoDiConfig, json.loads(path.read_text()), source=str(path))
+
+
+def parts_config(parts: dict[str, str]):
+    """The ``CoDiConfig`` holding each named UNet as its folder's config has it (diffusion: the first's;
+    every folder must agree on it)."""
+    import dataclasses
+
+    configs = {unet: codi_config(folder) for unet, folder in parts.items()}
+    first = next(iter(configs.values()))
+    for unet, cfg in configs.items():
+        if getattr(cfg, unet) is None:
+            raise UsageError(f"{parts[unet]}: holds no {unet} UNet (it has: {', '.join(cfg.specs())})")
+        if cfg.diffusion != first.diffusion:
+            raise UsageError(f"{parts[unet]}: its diffusion process differs from {next(iter(parts.values()))}'s")
+    unets = {"image": None, "audio": None, "text": None}
+    unets.update({unet: getattr(cfg, unet) for unet, cfg in configs.items()})
+    return dataclasses.replace(first, **unets)
+
+
+def init_config(t):
+    """The ``CoDiConfig`` a task's ``init`` / ``init_parts`` describe."""
+    return codi_config(t.init) if t.init else parts_config(t.init_parts)
+
+
+def load_codi_parts(parts: dict[str, str], weights_name: str):
+    """One ``CoDi`` assembled from several folders: each UNet (with its V and connectors) from its own."""
+    from safetensors.torch import load_file
+
+    from models.codi import CoDi
+
+    model = CoDi(parts_config(parts))
+    state = {}
+    for unet, folder in parts.items():
+        prefix = f"unets.{unet}."
+        state.update({k: v for k, v in load_file(str(Path(folder) / weights_name)).items() if k.startswith(prefix)})
+    model.load_state_dict(state, strict=True)
+    return model
 
 
 def load_codi(directory: str, weights_name: str):

@@ -25,6 +25,7 @@ from training.tasks.ldm import LDMObjective
 TaskKind = Literal["text_to_image", "autoencoder", "bridging_alignment", "ldm", "latent_alignment", "cascade",
                    "distillation"]
 DEBUG_CODECS = "debug"
+CODECS_VARIANTS = (DEBUG_CODECS, "toy")          # written by launch.train (training/debug_codecs.py)
 
 
 @dataclass
@@ -34,7 +35,8 @@ class CodecsSource:
     an overlay must exist in the codecs with the same shape.
 
     ``path: debug`` is the tiny debug codecs, written once by ``launch.train`` under the stage's
-    storage path (``<storage_path>/debug_codecs``) and shared by every stage stored there."""
+    storage path (``<storage_path>/debug_codecs``) and shared by every stage stored there; ``path: toy`` the
+    same sizes with the toy world's vocabulary and 1.28 s of audio (``<storage_path>/toy_codecs``)."""
 
     path: str = DEBUG_CODECS
     overlays: list[str] = field(default_factory=list)
@@ -48,6 +50,9 @@ class TaskConfig:
     # a CoDi.from_pretrained folder: ldm starts from it (optional); latent_alignment aligns it and
     # distillation distils it (its teacher and the student's start) — both require it
     init: str = ""
+    # or the model assembled from several folders: UNet (image/audio/text) -> the CoDi folder holding it
+    # (CoDi's per-modality LDMs, trained apart, meet for latent alignment)
+    init_parts: dict[str, str] = field(default_factory=dict)
     init_weights: str = "model.safetensors"        # which weights of ``init`` (or ema.safetensors)
     codi: Optional[CoDiConfig] = None              # ldm without ``init``: the model's sizes
     cascade_unet: Optional[UNetSpec] = None        # cascade: the UNet sizes (cascade_spec sets the channels)
@@ -65,9 +70,19 @@ class TaskConfig:
         key = {"bridging_alignment": "bridging"}.get(self.kind, self.kind)
         if self.kind != "text_to_image" and objective[self.kind] is None:
             raise ValueError(f"task.kind {self.kind} needs task.{key} (its objective)")
-        if self.kind == "ldm" and self.codi is None and not self.init:
+        if self.init and self.init_parts:
+            raise ValueError("give task.init or task.init_parts, not both")
+        unknown = sorted(set(self.init_parts) - {"image", "audio", "text"})
+        if unknown:
+            raise ValueError(f"task.init_parts keys must be UNets (image, audio, text), got {unknown}")
+        if self.kind == "ldm" and self.codi is None and not self.has_init:
             raise ValueError("task.kind ldm needs task.codi (the model's sizes) or task.init (a CoDi folder)")
-        if self.kind in ("latent_alignment", "distillation") and not self.init:
-            raise ValueError(f"task.kind {self.kind} needs task.init: the CoDi folder of an ldm stage's export")
+        if self.kind in ("latent_alignment", "distillation") and not self.has_init:
+            raise ValueError(f"task.kind {self.kind} needs task.init (or task.init_parts): the CoDi folder of an "
+                             "ldm stage's export")
+
+    @property
+    def has_init(self) -> bool:
+        return bool(self.init or self.init_parts)
         if self.kind == "cascade" and self.cascade_unet is None:
             raise ValueError("task.kind cascade needs task.cascade_unet (the UNet's sizes)")

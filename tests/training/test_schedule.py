@@ -23,6 +23,16 @@ def test_dependency_order_puts_every_stage_after_its_needs():
     assert engine_debug().order() == ["a", "b", "c"]
 
 
+def test_launch_order_starts_the_longest_chain_first():
+    # side roots s1, s2 are declared first; r heads r -> v (two phases) -> w, the longest chain ahead
+    phases = [CurriculumPhase("short", 1), CurriculumPhase("long", 2)]
+    sched = Schedule([stage("s1"), stage("s2"), stage("r"), stage("v", ["r"], phases=phases), stage("w", ["v"]),
+                      stage("t", ["s1"])])
+    assert sched.launch_order() == ["r", "v", "s1", "s2", "t", "w"]   # ahead: r 4, v 3, s1 2, then 1s in order
+    order = sched.launch_order()
+    assert all(order.index(n) > order.index(m) for n in ("v", "w", "t") for m in sched.stage(n).needs)
+
+
 @pytest.mark.parametrize("stages, message", [
     ([stage("a", ["ghost"])], "stage 'a': needs unknown stage 'ghost'"),
     ([stage("a", ["c"]), stage("b", ["a"]), stage("c", ["b"]), stage("d")], "its needs form a cycle (a -> c -> b -> a)"),

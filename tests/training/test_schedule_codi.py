@@ -1,6 +1,6 @@
-"""``codi_debug`` end to end on a real Ray: a toy world prepared by the real prepare jobs, every CoDi
-stage kind trained by Ray Train + DeepSpeed in its DAG, each stage loading its needs' exports, and a
-rerun that skips them all."""
+"""``codi_debug`` end to end on a real Ray (the run of the session's ``codiray demo --debug``): a toy
+world prepared by the real prepare jobs, every CoDi stage kind trained by Ray Train + DeepSpeed in its
+DAG, each stage loading its needs' exports, and a rerun that skips them all."""
 
 from __future__ import annotations
 
@@ -15,9 +15,6 @@ from safetensors.torch import load_file
 
 from common.config import from_dict
 from models.codi import CoDi
-from pipelines.cli import prepare
-from pipelines.config import AudioConfig, ImageConfig, PrepareConfig, ShardConfig, VideoConfig
-from pipelines.toyworld_av import write_toyworld
 from training.config import TrainConfig
 from training.orchestrator import run_schedule
 from training.schedules import codi_debug
@@ -29,21 +26,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 def at(iso: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(iso)
-
-
-def prepare_toyworld(root: Path) -> dict[str, str]:
-    """LAION images at 16 px, WebVid 4-frame 16 px clips, AudioCaps 0.32 s 16 kHz waveforms (the debug codecs' sizes)."""
-    corpora = write_toyworld(root / "raw", images=8, videos=2, sounds=4, seed=3, image_size=24)
-    cfg = PrepareConfig(image=ImageConfig(size=16, min_size=8),
-                        video=VideoConfig(size=16, fps=4.0, frames=4, threads=1),
-                        audio=AudioConfig(sample_rate=16000, seconds=0.32, min_seconds=0.1, keep_waveform=True),
-                        shards=ShardConfig(samples_per_shard=4), concurrency=1)
-    out = {}
-    for style in ("laion", "webvid", "audiocaps"):
-        out[style] = str(root / "shards" / style)
-        manifest = prepare(style, str(corpora[style]["metadata"]), str(corpora[style]["media"]), out[style], cfg)
-        assert manifest["dropped"] == 0 and manifest["samples"] >= 4, (style, manifest)
-    return out
 
 
 def stage_cfg(record: dict) -> TrainConfig:
@@ -67,14 +49,13 @@ def changed(before: dict, after: dict) -> list[str]:
     return [k for k in before if not torch.equal(before[k], after[k])]
 
 
-@pytest.mark.timeout(600)  # measured 160 s on 2 shared cores (280 s under load)
-def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(ray_local, tmp_path):
-    torch.set_num_threads(1)
-    data = prepare_toyworld(tmp_path)
-    runs = tmp_path / "runs"
-    records = run_schedule(codi_debug, "codi", str(runs), data=data)
+@pytest.mark.timeout(900)  # may pay the session's `codiray demo --debug` run (~6 min on 2 quiet cores)
+def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_demo_debug):
+    out, paths = codi_demo_debug
+    data, runs = paths["data"], out / "bucket" / "runs"
     stages = {r["name"]: r for r in json.loads((runs / "codi" / "schedule.json").read_text())["stages"]}
-    assert {n: r["status"] for n, r in stages.items()} == {n: "done" for n in records}
+    assert set(stages) == set(codi_debug().order())
+    assert {r["status"] for r in stages.values()} == {"done"}
     assert {r["kind"] for r in stages.values()} == {"autoencoder", "bridging_alignment", "ldm", "latent_alignment",
                                                     "cascade_base", "cascade_ssr", "cascade_tsr", "distillation"}
     overlapping = [(a, b) for a, b in itertools.combinations(stages, 2)
@@ -89,29 +70,50 @@ def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(ray_lo
     cfgs = {n: stage_cfg(r) for n, r in stages.items()}
 
     # roots: each export differs from its initial weights (two AdamW steps at lr 1e-3)
-    for name in ("image_autoencoder", "audio_autoencoder", "audio_bridging", "cascade_base", "cascade_ssr", "cascade_tsr"):
+    roots = ("image_autoencoder", "audio_autoencoder", "vocoder_autoencoder", "text_autoencoder", "audio_bridging",
+             "cascade_base", "cascade_ssr", "cascade_tsr")
+    for name in roots:
         moved = changed(initial_export(cfgs[name]), exported[name])
         assert moved, name
     assert all(k.startswith("clap.") for k in changed(initial_export(cfgs["audio_bridging"]), exported["audio_bridging"]))
 
-    # image_ldm: its codecs are the debug codecs with the bridged CLAP and both trained autoencoders laid over
-    ldm_codecs = load_codecs(cfgs["image_ldm"].task.codecs).state_dict()
-    for name in ("image_autoencoder", "audio_autoencoder"):
-        assert all(torch.equal(ldm_codecs[k], v) for k, v in exported[name].items()), name
-    assert all(torch.equal(ldm_codecs[k], v) for k, v in exported["audio_bridging"].items() if k.startswith("clap."))
-    ldm = CoDi.from_pretrained(ckpt["image_ldm"])
-    assert changed(initial_export(cfgs["image_ldm"]), dict(ldm.state_dict()))
+    # every LDM's codecs: the debug codecs with the bridged CLAP and all four trained autoencoder pieces laid over
+    for ldm_name in ("image_ldm", "audio_ldm", "text_ldm"):
+        codecs = load_codecs(cfgs[ldm_name].task.codecs).state_dict()
+        for name in ("image_autoencoder", "audio_autoencoder", "vocoder_autoencoder", "text_autoencoder"):
+            assert all(torch.equal(codecs[k], v) for k, v in exported[name].items()), (ldm_name, name)
+        assert all(torch.equal(codecs[k], v) for k, v in exported["audio_bridging"].items() if k.startswith("clap."))
+    ldms = {n: CoDi.from_pretrained(ckpt[n]) for n in ("image_ldm", "audio_ldm", "text_ldm", "video_ldm")}
+    for name, unet in (("image_ldm", "image"), ("audio_ldm", "audio"), ("text_ldm", "text")):
+        assert list(ldms[name].unets) == [unet], name
+        assert changed(initial_export(cfgs[name]), dict(ldms[name].state_dict())), name
 
-    # latent alignment started from the ldm export and moved only V + cross-modal attention
-    aligned = CoDi.from_pretrained(ckpt["text_image_alignment"]).state_dict()
-    moved = set(changed(dict(ldm.state_dict()), dict(aligned)))
-    assert moved and moved <= set(alignment_parameter_names(ldm, ("image", "text"))), sorted(moved)[:5]
-    assert cfgs["text_image_alignment"].task.codecs == cfgs["image_ldm"].task.codecs
+    # the video LDM grew from the image LDM's export, through its two curriculum phases
+    assert cfgs["video_ldm"].task.init == str(ckpt["image_ldm"])
+    assert changed(dict(ldms["image_ldm"].state_dict()), dict(ldms["video_ldm"].state_dict()))
+    assert [p["name"] for p in stages["video_ldm"]["phases"]] == ["short_low_fps", "full"]
+    assert (cfgs["video_ldm"].task.ldm.frames, cfgs["video_ldm"].task.ldm.frame_stride) == (0, 1)  # the last phase's
 
-    # distillation: the student started as the ldm export (its teacher) and moved away from it
+    # latent alignment: phase 1 starts from the three LDMs merged, each phase moves only its V + cross-attention
+    start = {**{k: v for k, v in ldms["video_ldm"].state_dict().items()},
+             **{k: v for n in ("audio_ldm", "text_ldm") for k, v in ldms[n].state_dict().items()}}
+    previous, before = "the merged LDMs", start
+    for name, trains in (("text_image_alignment", ("image", "text")), ("audio_text_alignment", ("audio",)),
+                         ("video_audio_alignment", ("video",))):
+        aligned = CoDi.from_pretrained(ckpt[name])
+        state = dict(aligned.state_dict())
+        moved = set(changed(before, state))
+        assert moved and moved <= set(alignment_parameter_names(aligned, trains)), (name, previous, sorted(moved)[:5])
+        assert cfgs[name].task.codecs == cfgs["image_ldm"].task.codecs, name
+        previous, before = name, state
+    assert cfgs["text_image_alignment"].task.init_parts == {"image": str(ckpt["video_ldm"]),
+                                                            "audio": str(ckpt["audio_ldm"]),
+                                                            "text": str(ckpt["text_ldm"])}
+
+    # distillation: the student started as the image LDM export (its teacher) and moved away from it
     student = CoDi.from_pretrained(ckpt["image_distillation"]).state_dict()
-    assert changed(dict(ldm.state_dict()), dict(student))
+    assert changed(dict(ldms["image_ldm"].state_dict()), dict(student))
     assert cfgs["image_distillation"].task.init == str(ckpt["image_ldm"])
 
     again = run_schedule(codi_debug, "codi", str(runs), data=data)
-    assert {n: r["status"] for n, r in again.items()} == {n: "skipped" for n in records}
+    assert {n: r["status"] for n, r in again.items()} == {n: "skipped" for n in stages}

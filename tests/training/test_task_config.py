@@ -19,7 +19,7 @@ from training.launch import check_data_fits, resolve_debug_codecs
 from training.schedules import SCHEDULES
 from training.step import TextToImageTask
 from training.task import build_task, load_codecs
-from training.task_config import CodecsSource, TaskConfig
+from training.task_config import CodecsSource
 from training.tasks.autoencoder import AutoencoderTask
 from training.tasks.bridging import BridgingTask
 from training.tasks.cascade import CascadeTask
@@ -54,10 +54,10 @@ def with_codecs(cfg: TrainConfig, path: str, overlays=()) -> TrainConfig:
 
 
 def test_build_task_picks_the_class_of_the_kind(codecs_dir):
-    kinds = {rc.image_autoencoder_debug: AutoencoderTask, rc.audio_bridging_debug: BridgingTask,
-             rc.image_ldm_debug: LDMTask, rc.cascade_tsr_debug: CascadeTask}
-    for recipe, cls in kinds.items():
-        assert type(build_task(with_codecs(recipe(), codecs_dir))) is cls, recipe.__name__
+    kinds = [(rc.autoencoder("image", "laion"), AutoencoderTask), (rc.bridging("audio", "audiocaps"), BridgingTask),
+             (rc.ldm("image", "laion", {"text": 1.0}), LDMTask), (rc.cascade("tsr"), CascadeTask)]
+    for cfg, cls in kinds:
+        assert type(build_task(with_codecs(cfg, codecs_dir))) is cls, cfg.name
 
 
 def write_manifest(path, tensors: dict, samples: int = 8) -> str:
@@ -69,7 +69,7 @@ def write_manifest(path, tensors: dict, samples: int = 8) -> str:
 
 def test_pre_start_check_asks_each_codi_task_for_its_modalities(tmp_path, codecs_dir):
     mel_only = write_manifest(tmp_path / "mel", {"mel": {"shape": [32, 16], "count": 8}})
-    cfg = with_codecs(rc.audio_bridging_debug(), codecs_dir)
+    cfg = with_codecs(rc.bridging("audio", "audiocaps"), codecs_dir)
     with pytest.raises(UsageError) as err:
         check_data_fits(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=mel_only)))
     assert str(err.value) == (f"{mel_only}: the prepared shards have no 'audio' tensor, which this stage needs "
@@ -80,7 +80,7 @@ def test_pre_start_check_asks_each_codi_task_for_its_modalities(tmp_path, codecs
 
 
 def test_debug_codecs_are_written_once_under_the_storage_path(tmp_path):
-    cfg = dataclasses.replace(rc.image_ldm_debug(), storage_path=str(tmp_path / "runs"))
+    cfg = dataclasses.replace(rc.ldm("image", "laion", {"text": 1.0}), storage_path=str(tmp_path / "runs"))
     resolved = resolve_debug_codecs(cfg)
     folder = tmp_path / "runs" / "debug_codecs"
     assert resolved.task.codecs.path == str(folder)
@@ -102,3 +102,20 @@ def test_codecs_overlays_replace_exactly_their_tensors_and_refuse_foreign_ones(t
     save_file({"image.vae.nope": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))
     with pytest.raises(UsageError, match="1 tensor\\(s\\) do not fit the codecs"):
         load_codecs(CodecsSource(path=codecs_dir, overlays=[str(tmp_path / "foreign.safetensors")]))
+
+
+def test_toy_codecs_know_every_caption_word_and_hold_128_mel_frames(tmp_path):
+    from pipelines.toyworld_spec import Clip, Scene, Sound
+
+    cfg = dataclasses.replace(rc.ldm("image", "laion", {"text": 1.0}, codecs="toy"), storage_path=str(tmp_path))
+    resolved = resolve_debug_codecs(cfg)
+    assert resolved.task.codecs.path == str(tmp_path / "toy_codecs")
+    codecs = load_codecs(resolved.task.codecs)
+    assert codecs.cfg.audio.frames == 128          # 1.28 s: two pulses of the slowest rhythm (2/s)
+    toks = codecs.tokenizers()
+    for caption in (Scene("yellow", "triangle", "center").caption, Clip("blue", "square", "down", "quickly").caption,
+                    Sound("shrill", "rattling").caption):
+        words = caption.replace(",", "").split()
+        assert toks["bert"].tokenize(caption.replace(",", "")) == words, caption      # one token per word, no [UNK]
+        pieces = toks["gpt2"].tokenize(" " + caption.replace(",", ""))
+        assert [p.lstrip("\u0120") for p in pieces] == words, caption

@@ -86,3 +86,13 @@ def presence(batch: Mapping, modality: str, shard_set: str) -> torch.Tensor:
 
 def batch_size(batch: Mapping) -> int:
     return len(next(iter(batch.values())))
+
+
+def take_frames(batch: Mapping, frames: int, stride: int) -> dict:
+    """The batch with its video clips resampled on the fly (a video curriculum's phase): every
+    ``stride``-th frame from the first, at most ``frames`` of them (0: all). Clips too short for the
+    request keep what they have; other columns pass through."""
+    if "frames" not in batch or (frames == 0 and stride == 1):
+        return dict(batch)
+    clip = np.asarray(batch["frames"])[:, ::stride]
+    return {**batch, "frames": clip[:, :frames] if frames else clip}

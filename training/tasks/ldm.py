@@ -26,7 +26,7 @@ from models.diffusion.config import build_schedule, conditioning_time
 from models.diffusion.losses import diffusion_loss
 from training.objectives import compose_condition, condition_keep_mask, diffusion_draw, sample_condition
 from training.tasks.base import frozen, save_codi_folder, weighted_mean
-from training.tasks.batches import batch_size, modality_data, presence
+from training.tasks.batches import batch_size, modality_data, presence, take_frames
 
 GENERATED = ("image", "video", "audio", "text")
 CONDITIONS = ("text", "image", "video", "audio")
@@ -57,10 +57,16 @@ class LDMObjective:
     modality: str = "image"
     condition: ConditionConfig = field(default_factory=ConditionConfig)
     shard_set: str = "data"          # named in errors about missing tensors
+    # video curriculum (CoDi's appendix): clips resampled on the fly, every ``frame_stride``-th frame,
+    # at most ``frames`` of them (0: as prepared) — e.g. short low-fps clips first, then longer ones
+    frames: int = 0
+    frame_stride: int = 1
 
     def __post_init__(self):
         if self.modality not in GENERATED:
             raise ValueError(f"modality must be one of {', '.join(GENERATED)}, got {self.modality!r}")
+        if self.frames < 0 or self.frame_stride < 1:
+            raise ValueError("frames must be >= 0 and frame_stride >= 1")
 
 
 @torch.no_grad()
@@ -110,6 +116,7 @@ class LDMTask:
     def batch_inputs(self, batch: Mapping, codecs: Codecs, generator: torch.Generator,
                      device: torch.device) -> dict[str, Tensor]:
         o = self.objective
+        batch = take_frames(batch, o.frames, o.frame_stride)
         x0, weight = encode_target(codecs, batch, o.modality, o.shard_set, device)
         inputs = condition_inputs(codecs, batch, o.condition, o.shard_set, generator, device)
         return {**inputs, **diffusion_draw(x0, self.diffusion, self.schedule, generator), "weight": weight}

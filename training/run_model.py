@@ -1,0 +1,62 @@
+"""The model a schedule run trained: ``<storage>/<name>/`` (its ``schedule.json``) → one ``CoDi`` with codecs.
+
+    model = model_from_run("runs/demo")          # what `codiray generate --checkpoint runs/demo` loads
+
+Each UNet (image, audio, text) comes from the latest-finished ``ldm`` / ``latent_alignment`` stage
+whose export holds it — after CoDi's alignment phases, the last phase's export holds all three — and
+the codecs are the ones that stage trained on (its ``task.codecs``: a folder plus the autoencoder and
+bridging exports laid over it). Distillation students and cascade stages are separate models and
+never picked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from common.errors import UsageError
+
+SCHEDULE_JSON = "schedule.json"
+MODEL_KINDS = ("ldm", "latent_alignment")
+
+
+def is_run_folder(uri: str) -> bool:
+    return (Path(uri).expanduser() / SCHEDULE_JSON).is_file()
+
+
+def pick_stages(run: Path) -> dict[str, dict]:
+    """UNet name → the stage record that provides it (latest ``finished`` wins)."""
+    from training.task import codi_config
+
+    path = run / SCHEDULE_JSON
+    try:
+        stages = json.loads(path.read_text())["stages"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"{path}: not a schedule record ({type(err).__name__}: {err})") from None
+    usable = [s for s in stages if s.get("kind") in MODEL_KINDS and s.get("status") in ("done", "skipped")
+              and s.get("checkpoint")]
+    if not usable:
+        raise UsageError(f"{path}: no finished ldm or latent_alignment stage with a checkpoint — nothing to generate with")
+    picked: dict[str, dict] = {}
+    for record in sorted(usable, key=lambda s: s.get("finished") or ""):
+        for unet in codi_config(record["checkpoint"]).specs():
+            picked[unet] = record
+    return picked
+
+
+def model_from_run(run_dir: str | Path):
+    """The assembled ``CoDi`` (with ``codecs``) of a local schedule run folder."""
+    from training.recipes_codi import stage_config
+    from training.task import load_codecs, load_codi_parts
+
+    run = Path(run_dir).expanduser()
+    picked = pick_stages(run)
+    model = load_codi_parts({unet: r["checkpoint"] for unet, r in picked.items()}, "model.safetensors")
+    latest = max(picked.values(), key=lambda s: s.get("finished") or "")
+    model.codecs = load_codecs(stage_config(latest["checkpoint"]).task.codecs)
+    return model
+
+
+def describe(run_dir: str | Path) -> str:
+    """One line: which stage gave which UNet."""
+    return ", ".join(f"{unet} from {r['name']}" for unet, r in pick_stages(Path(run_dir).expanduser()).items())
