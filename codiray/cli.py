@@ -1,9 +1,9 @@
 """`codiray` — the console entry point.
 
-    codiray demo                      # toy corpus -> Ray Data shards -> Ray Train+DeepSpeed -> PNGs
+    codiray demo                      # toy world -> 4 prepare jobs -> CoDi schedule -> any-to-any -> eval -> report
     codiray prepare laion --metadata M --media D --out O
-    codiray train --recipe text_to_image_demo --data O [key=value ...]
-    codiray generate --checkpoint RUN_DIR --prompt "a red circle on the left"
+    codiray train --schedule codi_demo --data laion=L --data webvid=W --data audiocaps=A
+    codiray generate --checkpoint RUN_DIR --input text="a red circle moving left" --output video,audio
 
 Config overrides are given after the flags as ``key=value`` (or ``--key=value``), dotted for nested
 keys, e.g. ``optim.lr=3e-4``. Any error in usage or config prints one line and exits with code 2.

@@ -63,13 +63,12 @@ class DemoConfig:
 
 
 def debug_config() -> DemoConfig:
-    """Tiny and fast (tests, smoke runs): ``codi_debug`` (two steps a stage), two samples a task."""
+    """Tiny and fast (tests, smoke runs): ``codi_debug`` (two steps a stage) on shards prepared with
+    ``codiray prepare``'s default settings (64 px images, 8-frame 64 px clips at 4 fps, 10 s of audio: the
+    tiny models adapt), two samples a task."""
     return DemoConfig(world=WorldConfig(images=8, videos=4, sounds=4, image_size=24, seed=3),
-                      prepare=PrepareConfig(image=ImageConfig(size=16, min_size=8),
-                                            video=VideoConfig(size=16, fps=4.0, frames=4, threads=1),
-                                            audio=AudioConfig(sample_rate=16000, seconds=0.32, min_seconds=0.1,
-                                                              keep_waveform=True),
-                                            shards=ShardConfig(samples_per_shard=4), concurrency=1),
+                      prepare=PrepareConfig(video=VideoConfig(threads=1), shards=ShardConfig(samples_per_shard=4),
+                                            concurrency=1),
                       schedule="codi_debug",
                       generate=GenerateConfig(per_task=2, steps=2, size=16, frames=4, fps=4.0, batch_size=4))
 

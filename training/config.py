@@ -54,6 +54,10 @@ class DebugConfig:
 class DataConfig:
     path: str = ""               # --out of `codiray prepare` (local path or s3://)
     shuffle_buffer: int = 256    # local shuffle within each worker's stream
+    # a worker whose share of one epoch fits in this many MiB keeps it in memory and reshuffles it for the
+    # next epochs instead of re-running the streaming read (seconds of start-up per epoch: on toy data
+    # an epoch is a few steps); 0 = always stream
+    cache_mb: float = 256.0
     s3: S3Config = field(default_factory=S3Config)
 
 

@@ -88,7 +88,13 @@ def link_ray_logs(folder: Path) -> Path | None:
         return None
     link = folder / "ray_logs"
     folder.mkdir(parents=True, exist_ok=True)
-    if link.is_symlink() or link.exists():
+    if link.is_dir() and not link.is_symlink():   # a previous run's logs, copied out of /tmp when it ended
+        import shutil
+
+        previous = folder / "ray_logs.previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        link.rename(previous)
+    elif link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(logs, target_is_directory=True)
     return link

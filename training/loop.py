@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from common import storage
@@ -39,19 +40,43 @@ EMA_STATE_NAME = "ema_state.safetensors"  # the EMA's own state (trainable names
 
 
 def batches_forever(shard, cfg: TrainConfig, first_epoch: int = 0):
-    """Epoch after epoch over this worker's stream of the dataset (reshuffled per epoch)."""
+    """Epoch after epoch over this worker's stream of the dataset (reshuffled per epoch).
+
+    While the first epoch streams, its batches are kept; if this worker's share fits ``data.cache_mb``,
+    later epochs are that share reshuffled (seeded per epoch) from memory — the same samples per
+    worker, so the ranks' shares stay disjoint and together the epoch."""
     epoch = first_epoch
+    limit = cfg.data.cache_mb * 2**20
+    kept, size = ([] if limit > 0 else None), 0
     while True:
         yielded = False
         for batch in shard.iter_batches(batch_size=cfg.batch_size_per_worker, batch_format="numpy",
                                         drop_last=True, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
                                         local_shuffle_seed=cfg.seed + epoch):
             yielded = True
+            if kept is not None:
+                size += sum(np.asarray(v).nbytes for v in batch.values())
+                kept = kept + [batch] if size <= limit else None
             yield epoch, batch
         if not yielded:  # else `while True` would re-read the shards forever without a step
             raise ValueError(f"{cfg.data.path}: this worker's share of the data holds fewer than "
                              f"batch_size_per_worker={cfg.batch_size_per_worker} samples; use more data, "
                              f"fewer workers or a smaller batch")
+        epoch += 1
+        if kept:
+            yield from cached_epochs(kept, cfg.batch_size_per_worker, cfg.seed, epoch)
+
+
+def cached_epochs(batches: list[dict], batch_size: int, seed: int, first_epoch: int):
+    """``(epoch, batch)`` forever from one epoch's batches held in memory, each epoch a seeded permutation."""
+    columns = {k: np.concatenate([np.asarray(b[k]) for b in batches]) for k in batches[0]}
+    n = len(next(iter(columns.values())))
+    epoch = first_epoch
+    while True:
+        order = np.random.default_rng(seed * 100003 + epoch).permutation(n)
+        for start in range(0, n - batch_size + 1, batch_size):
+            index = order[start:start + batch_size]
+            yield epoch, {k: v[index] for k, v in columns.items()}
         epoch += 1
 
 

@@ -71,10 +71,12 @@ def test_never_fits_when_no_node_holds_one_worker_or_all_nodes_hold_too_few():
     assert "no node" in never_fits("split", res(1, cpus=3), [{"CPU": 2.0}, {"CPU": 2.0}])
 
 
-def test_stages_in_flight_are_capped_by_the_cluster_totals():
-    cluster = {"CPU": 4.0, "GPU": 1.0}
-    assert fits_beside(res(2), [res(2)], cluster)
+def test_stages_in_flight_are_capped_by_the_cluster_totals_with_a_cpu_left_for_reads():
+    cluster = {"CPU": 5.0, "GPU": 1.0}
+    assert fits_beside(res(2), [res(2)], cluster)                 # 2 + 2 workers, 1 CPU left for Ray Data
     assert not fits_beside(res(2), [res(2), res(1)], cluster)
+    assert not fits_beside(res(2), [res(2)], {"CPU": 4.0})        # would leave no CPU for the streaming reads
+    assert fits_beside(res(2), [res(2)], {"CPU": 4.0}, reserve={})
     assert fits_beside(res(1, gpus=1), [res(3)], cluster) and not fits_beside(res(1, gpus=1), [res(1, gpus=1)], cluster)
 
 
