@@ -2,7 +2,7 @@
 
     toy world (LAION parquet + JPEGs, WebVid CSV + MP4s, AudioSet / AudioCaps CSV + WAVs)
       -> codiray prepare, all four styles      (Ray Data -> WebDataset shards)
-      -> codiray train --schedule codi_demo    (every CoDi stage kind, Ray Train + DeepSpeed, 2 CPU workers)
+      -> codiray train --schedule codi_demo    (every CoDi stage kind, Ray Train + DeepSpeed, 2 at a time)
       -> codiray generate, every task          (text->image, audio->image, text->video+audio jointly ...)
       -> codiray eval                          (classical probes decode every output: metrics.json)
       -> codiray report                        (report.html: samples, players, the DAG, loss curves, metrics)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 
 
+LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0",
+                 "RAY_enable_metrics_collection": "0"}
+
+
 def ensure_ray(num_cpus: int | None = None, address: str | None = None, *, log_to_driver: bool = True,
                logging_level: int | None = None) -> None:
     """Initialise Ray once per process.
@@ -25,6 +29,11 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None, *, log_t
         return
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
     extra = {} if logging_level is None else {"logging_level": logging_level}
+    # A Ray of this one machine: no node can be preempted, and nobody scrapes metrics. Their pollers (the
+    # Train preemption watcher, per-run metrics pushed through the dashboard agent) took about a third
+    # of a 2-core laptop while the demo's stages ran. Set before init: the workers inherit them.
+    for name, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(name, value)
     # address="local": always a new in-process instance. Without it Ray joins any cluster a `ray start`
     # left on this machine (its /tmp/ray/ray_current_cluster) and then refuses num_cpus; a cluster is
     # used only when one is named (RAY_ADDRESS / --address).

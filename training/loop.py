@@ -201,6 +201,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from training.task import build_task
 
     cfg = from_dict(TrainConfig, loop_config["train"], source="<train loop config>")
+    torch.set_num_threads(cfg.scaling.worker.threads)
     run_dir = loop_config.get("run_dir")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()

@@ -44,7 +44,8 @@ def tiny_image_unet(video: bool = False, connectors: bool = True) -> UNetSpec:
 
 
 def tiny_audio_unet() -> UNetSpec:
-    """The audio UNet on the debug mel-VAE's 8-channel latent (no attention at the full-size level)."""
+    """The audio UNet on the debug mel-VAE's 8-channel latent (no attention at the full-size level: the
+    audio latent has 2-4x the positions of the image one)."""
     return UNetSpec(in_channels=8, out_channels=8, model_channels=64, channel_mult=[1, 2], num_res_blocks=[1, 1],
                     attention_levels=[False, True], num_heads=4, context_dim=CONTEXT, connectors=True,
                     connector_mult=[1, 2], connector_blocks=[1, 1], connector_levels=[True, True], connector_dim=64,
@@ -126,9 +127,15 @@ def alignment(phase: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS) ->
     return stage(f"{phase}_alignment", task, p.shard_set, budget, codecs)
 
 
+def micro_video_unet() -> UNetSpec:
+    """The cascade's pixel-space video UNet: no spatial attention (32 px x 8 frames in pixels is 8k tokens)."""
+    return UNetSpec(in_channels=3, out_channels=3, model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1],
+                    attention_levels=[False, False], num_heads=4, context_dim=CONTEXT, video=True, video_heads=2,
+                    connectors=False)
+
+
 def cascade(kind: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS) -> TrainConfig:
-    task = TaskConfig(kind="cascade", cascade=CascadeObjective(kind=kind, factor=2),
-                      cascade_unet=tiny_image_unet(video=True, connectors=False))
+    task = TaskConfig(kind="cascade", cascade=CascadeObjective(kind=kind, factor=2), cascade_unet=micro_video_unet())
     return stage(f"cascade_{kind}", task, "webvid", budget, codecs)
 
 

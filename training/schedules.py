@@ -97,36 +97,40 @@ def codi_debug() -> Schedule:
     return codi_schedule({"default": rc.DEBUG}, "debug", video_curriculum(1, 2))
 
 
-def demo_budget(steps: int, batch: int = 8, lr: float = 1e-3) -> rc.Budget:
-    """2 workers of 0.75 CPU (two stages side by side on the demo's 4 logical CPUs leave one for Ray
-    Data), a short warmup, a loss line every 25 steps."""
-    return rc.Budget(steps=steps, batch=batch, workers=2, cpus=0.75, lr=lr, warmup=min(20, steps // 10),
-                     log_every=25)
+def demo_budget(steps: int, batch: int = 8, lr: float = 1e-3, workers: int = 1) -> rc.Budget:
+    """``workers`` sharing 1.5 logical CPUs (two stages side by side on the demo's 4 logical CPUs, one
+    left for Ray Data: on 2 cores, more stages at once only slow each other), a short warmup, a loss line
+    every 25 steps."""
+    return rc.Budget(steps=steps, batch=batch, workers=workers, cpus=1.5 / workers, lr=lr,
+                     warmup=min(20, steps // 10), log_every=25)
 
 
-DEMO_BUDGETS = {   # sized from single-thread step times measured per stage (README: the demo's budget)
+# Sized from single-thread step times measured per stage. One worker per stage except the image LDM
+# (data-parallel on 2): on 2 cores a Ray Train worker group takes 1-1.5 min to start beside another
+# stage (processes importing torch, DeepSpeed, transformers, diffusers), so fewer workers finish sooner.
+DEMO_BUDGETS = {
     "default": demo_budget(100),
-    "image_autoencoder": demo_budget(200),
-    "audio_autoencoder": demo_budget(80),
-    "text_autoencoder": demo_budget(300),
-    "audio_bridging": demo_budget(100),
-    "image_ldm": demo_budget(500),
-    "audio_ldm": demo_budget(150),
-    "text_ldm": demo_budget(200),
-    "video_ldm": demo_budget(100, batch=4),
-    "text_image_alignment": demo_budget(60),
-    "audio_text_alignment": demo_budget(30),
-    "video_audio_alignment": demo_budget(30, batch=4),
-    "image_distillation": demo_budget(20),
+    "image_autoencoder": demo_budget(150),
+    "audio_autoencoder": demo_budget(60),
+    "text_autoencoder": demo_budget(200),
+    "audio_bridging": demo_budget(60),
+    "image_ldm": demo_budget(400, workers=2),
+    "audio_ldm": demo_budget(120),
+    "text_ldm": demo_budget(150),
+    "video_ldm": demo_budget(60, batch=4),
+    "text_image_alignment": demo_budget(40),
+    "audio_text_alignment": demo_budget(20),
+    "video_audio_alignment": demo_budget(20, batch=4),
+    "image_distillation": demo_budget(10),
     # the cascade is there to show the stage kinds run; nothing samples from it in the demo
-    **{f"cascade_{k}": rc.Budget(steps=2, batch=2, workers=1, cpus=0.75) for k in ("base", "ssr", "tsr")},
+    **{f"cascade_{k}": demo_budget(2, batch=2) for k in ("base", "ssr", "tsr")},
 }
 
 
 def codi_demo() -> Schedule:
     """The demo's training: ``codi_debug``'s DAG on the toy codecs (which decode mels with Griffin-Lim, so
     no vocoder stage: a HiFi-GAN from scratch reached 16 % pitch accuracy after 300 CPU steps), each
-    stage on 2 CPU workers for the steps of ``DEMO_BUDGETS`` (sized to minutes on a 2-core laptop)."""
+    stage on 1.5 logical CPUs (the image LDM data-parallel on 2 workers) for the steps of ``DEMO_BUDGETS``."""
     video = DEMO_BUDGETS["video_ldm"].steps
     return codi_schedule(DEMO_BUDGETS, "toy", video_curriculum(video // 2, video), vocoder=False)
 

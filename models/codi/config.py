@@ -12,6 +12,7 @@ from typing import Literal, Optional
 
 from models.diffusion.config import DiffusionConfig
 
+GROUPS = 32                                      # LDM's GroupNorm groups (blocks.GroupNorm32)
 MODALITIES = ("image", "audio", "text")          # one UNet each; "video" runs on the image UNet
 LATENT_MODALITIES = ("image", "video", "audio", "text")
 
@@ -64,6 +65,9 @@ class UNetSpec:
             raise ValueError("the text UNet has no video layers")
         if any(self.model_channels * m % self.num_heads for m in self.channel_mult):
             raise ValueError("every level's channels must divide by num_heads")
+        if self.kind == "2d" and self.connectors and (self.model_channels // 2) % GROUPS:
+            raise ValueError(f"model_channels // 2 = {self.model_channels // 2} (the environment encoder V's first "
+                             f"width) must divide by the {GROUPS} groups of its GroupNorm")
 
 
 def image_unet(video: bool = True, connectors: bool = True) -> UNetSpec:

@@ -52,3 +52,9 @@ def test_bad_values_are_config_errors():
         from_dict(WorkerResources, {"gpus": -1}, source="stage.yaml", prefix="scaling.worker")
     with pytest.raises(ConfigError, match="scaling.worker.gpu': unknown key"):
         from_dict(WorkerResources, {"gpu": 1}, source="stage.yaml", prefix="scaling.worker")
+
+
+def test_a_worker_uses_the_whole_cpus_it_reserved_as_threads():
+    from common.resources import WorkerResources
+
+    assert [WorkerResources(cpus=c).threads for c in (0.0, 0.25, 0.75, 1.0, 1.5, 2.0, 8.0)] == [1, 1, 1, 1, 1, 2, 8]
