@@ -58,7 +58,7 @@ class DemoConfig:
         audio=AudioConfig(sample_rate=16000, seconds=2.0, min_seconds=0.5, keep_waveform=True),
         shards=ShardConfig(samples_per_shard=128)))
     schedule: str = "codi_demo"
-    train_overrides: list[str] = field(default_factory=list)   # STAGE.key=value or key=value (all stages)
+    train_overrides: list[str] = field(default_factory=list)   # STAGE:key=value or key=value (all stages)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
@@ -203,7 +203,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="toy world -> prepare -> staged CoDi training -> any-to-any generation -> eval -> report",
         description=__doc__.split("\n\n")[0] + " Config keys are DemoConfig's (e.g. world.images=256 "
-                    "generate.per_task=8 train_overrides=[image_ldm.max_steps=50]).",
+                    "generate.per_task=8 train_overrides=[image_ldm:max_steps=50]).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="codiray-demo", help="folder standing in for the bucket + results")
     parser.add_argument("--config", help="YAML with DemoConfig keys")

@@ -192,7 +192,7 @@ def depths(stages: list[dict], where: Path) -> dict[str, int]:
 
 def dag_svg(stages: list[dict], where: Path) -> str:
     level = depths(stages, where)
-    box_w, box_h, col_w, row_h, pad = 170, 48, 230, 70, 12
+    box_w, box_h, col_w, row_h, pad = 200, 48, 250, 70, 12
     slots: dict[int, int] = {}
     xy = {}
     for stage in stages:
@@ -206,10 +206,11 @@ def dag_svg(stages: list[dict], where: Path) -> str:
              "<defs><marker id=arrow viewBox='0 0 10 10' refX=10 refY=5 markerWidth=7 markerHeight=7 orient=auto>"
              "<path d='M0,0 L10,5 L0,10 z' fill='#555'/></marker></defs>"]
     for stage in stages:
-        x2, y2 = xy[stage["name"]]
+        x2, top = xy[stage["name"]]
+        y2 = top + box_h / 2                      # every edge ends at the middle of the stage's left side
         for need in stage.get("needs") or []:
             x1, y1 = xy[need]
-            x1, y1, y2 = x1 + box_w, y1 + box_h / 2, y2 + box_h / 2
+            x1, y1 = x1 + box_w, y1 + box_h / 2
             mid = (x1 + x2) / 2
             parts.append(f"<path class=edge data-from='{esc(need)}' data-to='{esc(stage['name'])}' "
                          f"d='M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}' fill=none stroke='#555' "

@@ -171,6 +171,17 @@ def test_dag_has_a_node_per_stage_and_an_edge_per_need(report):
     rects = [a for tag, a in doc.tags if tag == "rect" and "rx" in a]
     xs = [float(r["x"]) for r in rects]
     assert xs[0] == xs[1] < xs[2] < xs[3]
+    # every edge runs from the middle of its need's right side to the middle of its stage's left side
+    # (joint has two needs: both arrows must end at the same point, on its box)
+    boxes = {a["data-stage"]: r for (tag, a), r in zip([t for t in doc.tags if t[0] == "g" and "data-stage" in t[1]],
+                                                        rects)}
+    for tag, a in doc.tags:
+        if tag == "path" and "data-from" in a:
+            numbers = [float(v) for v in a["d"].replace("M", " ").replace("C", " ").replace(",", " ").split()]
+            start, end = numbers[:2], numbers[-2:]
+            need, stage = boxes[a["data-from"]], boxes[a["data-to"]]
+            assert start == [float(need["x"]) + float(need["width"]), float(need["y"]) + float(need["height"]) / 2]
+            assert end == [float(stage["x"]), float(stage["y"]) + float(stage["height"]) / 2], a
 
 
 def test_loss_curves_keep_the_last_value_of_a_resumed_step(report):
