@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import load_config, save_config
+from common.errors import UsageError
 from common.runtime import ensure_ray
 from pipelines.config import AudioConfig, ImageConfig, PrepareConfig, ShardConfig, VideoConfig
 
@@ -82,7 +83,6 @@ def make_world(cfg: DemoConfig, root: Path) -> dict:
 
     w = cfg.world
     done = root / ".complete"
-    corpora = None
     if not done.is_file():
         corpora = write_toyworld(root, images=w.images, videos=w.videos, sounds=w.sounds, seed=w.seed,
                                  image_size=w.image_size)
@@ -143,6 +143,8 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict:
     from training.run_model import describe, model_from_run
     from training.schedules import SCHEDULES
 
+    if cfg.schedule not in SCHEDULES:
+        raise UsageError(f"schedule: unknown schedule {cfg.schedule!r} (one of {', '.join(sorted(SCHEDULES))})")
     out = out.resolve()
     bucket = out / "bucket"
     save_config(cfg, out / "demo_config.yaml")

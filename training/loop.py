@@ -56,7 +56,10 @@ def batches_forever(shard, cfg: TrainConfig, first_epoch: int = 0):
             yielded = True
             if kept is not None:
                 size += sum(np.asarray(v).nbytes for v in batch.values())
-                kept = kept + [batch] if size <= limit else None
+                if size <= limit:
+                    kept.append(batch)
+                else:
+                    kept = None
             yield epoch, batch
         if not yielded:  # else `while True` would re-read the shards forever without a step
             raise ValueError(f"{cfg.data.path}: this worker's share of the data holds fewer than "

@@ -9,7 +9,6 @@ Every recipe takes a ``Budget`` (steps, batch, workers, LR) and a codecs variant
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -90,10 +89,6 @@ def stage(name: str, task: TaskConfig, data: str, budget: Budget = DEBUG, codecs
                        log_every=b.log_every, checkpoint_every=b.checkpoint_every or b.steps,
                        optim=OptimConfig(lr=b.lr, warmup_steps=b.warmup), ema=EMAConfig(decay=0.999),
                        scaling=ScalingConfig(b.workers, WorkerResources(cpus=b.cpus)))
-
-
-def debug_stage(name: str, task: TaskConfig, data: str) -> TrainConfig:
-    return stage(name, task, data)
 
 
 # -- recipes: each takes its Budget and codecs variant (``codi_schedule`` binds them) ----------------
@@ -181,16 +176,18 @@ def merge_ldms(cfg: TrainConfig, checkpoints: Mapping[str, str]) -> TrainConfig:
     """Start latent alignment from the per-modality LDMs trained apart (CoDi §3.3 → §3.4): each UNet from
     the need whose export holds it (a video LDM's image UNet wins over the image LDM it grew from), with
     the codecs they trained on (which must be the same)."""
+    from training.task import codi_config
+
     parts: dict[str, str] = {}
     codecs = None
     for name, ckpt in checkpoints.items():
         upstream = stage_config(ckpt)
         if upstream.task.kind != "ldm":
             continue
-        held = json.loads((Path(ckpt) / "codi_config.json").read_text())
+        held = codi_config(ckpt).specs()
         video = upstream.task.ldm.modality == "video"
-        for unet in ("image", "audio", "text"):
-            if held.get(unet) is not None and (video or unet not in parts):
+        for unet in held:
+            if video or unet not in parts:
                 parts[unet] = ckpt
         if codecs is not None and upstream.task.codecs != codecs:
             raise ValueError(f"{name}: trained on other codecs than its fellow LDM stages")

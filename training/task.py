@@ -143,9 +143,9 @@ def load_codi_parts(parts: dict[str, str], weights_name: str):
 
     model = CoDi(parts_config(parts))
     state = {}
-    for unet, folder in parts.items():
-        prefix = f"unets.{unet}."
-        state.update({k: v for k, v in load_file(str(Path(folder) / weights_name)).items() if k.startswith(prefix)})
+    for folder in dict.fromkeys(parts.values()):   # each file read once, however many UNets it gives
+        prefixes = tuple(f"unets.{unet}." for unet, f in parts.items() if f == folder)
+        state.update({k: v for k, v in load_file(str(Path(folder) / weights_name)).items() if k.startswith(prefixes)})
     model.load_state_dict(state, strict=True)
     return model
 

@@ -67,3 +67,10 @@ def test_flag_values_stay_strings(tmp_path):
                      name="2024", storage_path="on", data=["007"])
     cfg = resolve_train_config(args)
     assert (cfg.name, cfg.storage_path, cfg.data.path, cfg.max_steps) == ("2024", "on", "007", 4)
+
+
+def test_demo_with_an_unknown_schedule_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "schedule=nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown schedule 'nope'" in err and "codi_demo" in err
+    assert not (tmp_path / "d" / "bucket").exists()     # nothing started

@@ -62,7 +62,7 @@ def test_every_task_is_generated_and_scored(demo):
                 wave, rate = read_audio(file)
                 assert rate == 16000 and wave.ndim == 1 and np.isfinite(wave).all()
             else:
-                assert file.read_text(encoding="utf-8").strip() or True   # an untrained decoder may say nothing
+                file.read_text(encoding="utf-8")   # decodes as UTF-8 (an untrained decoder may say nothing)
     assert {s["mode"] for s in record["samples"] if len(s["outputs"]) > 1} == {"joint", "independent"}
 
 

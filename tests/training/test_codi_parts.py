@@ -88,3 +88,12 @@ def test_merge_ldms_picks_the_video_ldm_image_unet_and_shared_codecs(tmp_path):
     stage("odd_ldm", "audio", {"audio": rc.tiny_audio_unet()}, codecs="/other")
     with pytest.raises(ValueError, match="other codecs"):
         rc.merge_ldms(rc.alignment("text_image"), {**ckpts, "odd": str(tmp_path / "odd_ldm" / "checkpoint_000000")})
+
+
+def test_one_folder_may_give_several_unets(tmp_path):
+    both = save(tmp_path, "both", 4, image=rc.tiny_image_unet(), audio=rc.tiny_audio_unet())
+    text = save(tmp_path, "text", 5, text=rc.tiny_text_unet())
+    merged = load_codi_parts({"image": both, "audio": both, "text": text}, "model.safetensors").state_dict()
+    for folder in (both, text):
+        own = CoDi.from_pretrained(folder).state_dict()
+        assert all(torch.equal(merged[k], v) for k, v in own.items()), folder
