@@ -94,7 +94,16 @@ class OptimusConfig:
     encoder_tokenizer: str | None = None   # a local BertTokenizer dir (vocab.txt)
     decoder_tokenizer: str | None = None   # a local GPT2Tokenizer dir (vocab.json + merges.txt)
     dropout: float = 0.1
+    # what BERT hands the latent head: "cls" (Optimus: the pooler on the [CLS] state; the released
+    # weights) or "mean" (masked mean of the last hidden states; for encoders trained from scratch at
+    # toy sizes, whose [CLS] state never learned to gather the caption: after 500 steps it was the same
+    # for every caption, and reconstructions kept only the last words)
+    pooling: str = "cls"
     trainable: bool = False
+
+    def __post_init__(self):
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"text.pooling must be 'cls' or 'mean', got {self.pooling!r}")
 
 
 @dataclass

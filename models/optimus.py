@@ -1,6 +1,7 @@
 """Optimus text VAE (Li et al. 2020), CoDi's text autoencoder, on transformers' BERT and GPT-2.
 
 Encoder:  h = BERT(x).pooler_output;   [μ, log σ²] = W h   (W: hidden -> 2·latent, no bias)
+          (``pooling: mean``: h = masked mean of BERT's last hidden states, for toy encoders from scratch)
 Latent:   z = μ + σ ⊙ ε  while training;  CoDi's diffusion latent is s · μ  (s = 4.3108)
 Decoder:  GPT-2 receives z twice —
           memory:     for every layer l, one extra key/value position  k_l = v_l = (W_mem z)_l
@@ -49,9 +50,15 @@ class BertLatentEncoder(nn.Module):
             max_position_embeddings=b.max_position_embeddings, hidden_dropout_prob=cfg.dropout,
             attention_probs_dropout_prob=cfg.dropout))
         self.linear = nn.Linear(b.hidden_size, 2 * cfg.latent_size, bias=False)
+        self.pooling = cfg.pooling
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.bert(input_ids=ids, attention_mask=mask).pooler_output
+        out = self.bert(input_ids=ids, attention_mask=mask)
+        if self.pooling == "mean":
+            weights = mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+            pooled = (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        else:
+            pooled = out.pooler_output
         mu, logvar = self.linear(pooled).chunk(2, dim=-1)
         return mu, logvar
 

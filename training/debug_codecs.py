@@ -6,8 +6,9 @@ fixed vocabulary (one token per known word, bytes for anything else) and saved b
 folder, so the frozen parts agree between stages. Two variants (``CodecsSource.path``):
 
 - ``debug``: ``models.codecs_config.debug()`` sizes, a generic word list; the unit tests' codecs.
-- ``toy``: the same sizes with the toy world's caption words (pipelines/toyworld_spec.py) and 1.28 s
-  of audio (128 mel frames: two pulses of the slowest rhythm), what ``codi_demo`` trains on.
+- ``toy``: the toy world's caption words (pipelines/toyworld_spec.py), 1.28 s of audio (128 mel frames:
+  two pulses of the slowest rhythm), f = 4 autoencoders and a CLIP with one token per caption word and
+  two layers per tower, what ``codi_demo`` trains on (its ``clip_pretraining`` stage trains that CLIP).
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ def word_bpe(alphabet: list[str], words) -> tuple[dict[str, int], list[tuple[str
 
 
 VARIANTS = ("debug", "toy")
-# LDM's latent scale factor (§4.3.2: ≈ 1 / std of the latents) of the toy autoencoders, measured on the
-# demo's autoencoder stages (posterior-mean std 1.57 image, 2.25 audio)
-TOY_SCALE = {"image": 0.6, "audio": 0.45}
+# LDM's latent scale factor (§4.3.2: ≈ 1 / std of the latents) of the toy autoencoders, measured on
+# autoencoders trained as the demo's stages train them (posterior-mean std 1.45 image, 1.90 audio)
+TOY_SCALE = {"image": 0.69, "audio": 0.53}
 
 
 def toy_words() -> list[str]:
@@ -73,18 +74,36 @@ def toy_words() -> list[str]:
                               {"colour", "shape", "position", "motion", "speed", "pitch", "rhythm"}))
 
 
-def write_tokenizers(root: Path, words=WORDS) -> dict[str, str]:
-    """Local BERT / GPT-2 / CLIP tokenizers under ``root`` (directories by name)."""
+def clip_word_bpe(alphabet: list[str], words) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP's BPE (words end in ``</w>``) whose merges spell out ``words``, each built right to left.
+
+    Every merge extends a piece that ends the word (``x`` + ``…</w>``), and no merge joins two inner
+    pieces, so inside a word the only merges that apply are the links of its own chain, in any rank
+    order: every known word is one token; anything else falls back to characters."""
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
+    merges: dict[tuple[str, str], None] = {}
+    for word in dict.fromkeys(words):
+        piece = word[-1] + "</w>"
+        for start in range(len(word) - 2, -1, -1):
+            merges[(word[start], piece)] = None
+            piece = word[start] + piece
+            vocab.setdefault(piece, len(vocab))
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    return vocab, list(merges)
+
+
+def write_tokenizers(root: Path, words=WORDS, clip_words: bool = False) -> dict[str, str]:
+    """Local BERT / GPT-2 / CLIP tokenizers under ``root`` (directories by name); CLIP's tokens are
+    characters, or with ``clip_words`` one per known word."""
     from transformers import BertTokenizer, CLIPTokenizer, GPT2Tokenizer
 
     bert = BertTokenizer(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])},
                          do_lower_case=False)
     gpt2_vocab, merges = word_bpe(byte_chars(), words)
     gpt2 = GPT2Tokenizer(vocab=gpt2_vocab, merges=merges)
-    clip_vocab = {c: i for i, c in enumerate(byte_chars())}
-    clip_vocab.update({c + "</w>": 256 + i for i, c in enumerate(byte_chars())})
-    clip_vocab.update({"<|startoftext|>": 512, "<|endoftext|>": 513})
-    clip = CLIPTokenizer(vocab=clip_vocab, merges=[])
+    clip_vocab, clip_merges = clip_word_bpe(byte_chars(), words if clip_words else [])
+    clip = CLIPTokenizer(vocab=clip_vocab, merges=clip_merges)
     paths = {}
     for name, tok in (("bert", bert), ("gpt2", gpt2), ("clip", clip)):
         paths[name] = str(root / name)
@@ -104,7 +123,16 @@ def debug_codecs_config(tokenizer_dirs: dict[str, str], variant: str = "debug"):
         cfg.audio = dataclasses.replace(cfg.audio, frames=128, vae=dataclasses.replace(
             cfg.audio.vae, block_out_channels=(8, 16, 32), scale=TOY_SCALE["audio"]),
             vocoder=dataclasses.replace(cfg.audio.vocoder, decode_with="griffin_lim"))
-        cfg.clip = dataclasses.replace(cfg.clip, max_position_embeddings=77)
+        # one token per word (a video caption is 14 with BOS/EOS); two layers a tower: the CLIP that
+        # the clip_pretraining stage trains on image-text pairs
+        vocab = len(clip_word_bpe(byte_chars(), toy_words())[0])
+        cfg.clip = dataclasses.replace(cfg.clip, vocab_size=vocab, max_position_embeddings=32, text_hidden_size=64,
+                                       text_layers=2, text_heads=4, text_intermediate_size=128,
+                                       vision_hidden_size=64, vision_layers=2, vision_heads=4,
+                                       vision_intermediate_size=128)
+        # a BERT from scratch does not learn to gather a caption into its [CLS] state (Optimus' pooler):
+        # 0 of 16 toy captions came back after 3000 steps, 14 of 16 after 500 with mean pooling
+        cfg.text = dataclasses.replace(cfg.text, pooling="mean")
     cfg.text = dataclasses.replace(cfg.text, encoder_tokenizer=tokenizer_dirs["bert"],
                                    decoder_tokenizer=tokenizer_dirs["gpt2"])
     cfg.clip = dataclasses.replace(cfg.clip, tokenizer=tokenizer_dirs["clip"])
@@ -132,7 +160,8 @@ def ensure_debug_codecs(directory: str | Path, seed: int = 0, variant: str = "de
     try:
         with tempfile.TemporaryDirectory() as toks:
             words = toy_words() if variant == "toy" else WORDS
-            debug_codecs(write_tokenizers(Path(toks), words), seed, variant).save_pretrained(tmp / "codecs")
+            tokenizers = write_tokenizers(Path(toks), words, clip_words=variant == "toy")
+            debug_codecs(tokenizers, seed, variant).save_pretrained(tmp / "codecs")
         try:
             os.rename(tmp / "codecs", directory)
         except OSError:

@@ -104,6 +104,13 @@ def bridging(modality: str, data: str, budget: Budget = DEBUG, codecs: str = DEB
                  data, budget, codecs)
 
 
+def clip_pretraining(data: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS) -> TrainConfig:
+    """CLIP's own contrastive pretraining on image–text pairs, both towers (the toy codecs' CLIP has no
+    pretrained weights; CoDi starts from OpenAI's)."""
+    return stage("clip_pretraining", TaskConfig(kind="bridging_alignment", bridging=BridgingObjective("image")),
+                 data, budget, codecs)
+
+
 def ldm(modality: str, data: str, conditions: Mapping[str, float], budget: Budget = DEBUG,
         codecs: str = DEBUG_CODECS, frames: int = 0, frame_stride: int = 1) -> TrainConfig:
     """One modality's LDM on a CoDi holding only its UNet; video starts from the image LDM (``from_ldm``)."""
@@ -152,8 +159,9 @@ def with_task(cfg: TrainConfig, **changes) -> TrainConfig:
 
 
 def codecs_from(cfg: TrainConfig, checkpoints: Mapping[str, str]) -> TrainConfig:
-    """Lay the needs' codecs exports over the stage's codecs: bridging first (its export is the whole
-    codecs with the aligned CLAP), then the autoencoder pieces (only their own tensors)."""
+    """Lay the needs' codecs exports over the stage's codecs: bridging first (audio bridging exports the
+    whole codecs with the aligned CLAP and the CLIP it aligned to; CLIP pretraining only its ``clip.*``),
+    then the autoencoder pieces (only their own tensors)."""
     kinds = {name: stage_config(ckpt).task.kind for name, ckpt in checkpoints.items()}
     order = sorted(checkpoints, key=lambda n: 0 if kinds[n] == "bridging_alignment" else 1)
     overlays = [str(Path(checkpoints[n]) / WEIGHTS) for n in order

@@ -83,14 +83,21 @@ class ClipEncoder(nn.Module):
     def image_size(self) -> int:
         return self.model.config.vision_config.image_size
 
-    def text(self, texts: list[str]) -> torch.Tensor:
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """``(b, max_position_embeddings)`` token ids (padded, truncated) on the CPU."""
         if self.tokenizer is None:
             raise ValueError("clip.tokenizer must name a local CLIPTokenizer directory to condition on text")
         length = self.model.config.text_config.max_position_embeddings
-        ids = self.tokenizer(list(texts), padding="max_length", max_length=length, truncation=True,
-                             return_tensors="pt")["input_ids"].to(self.device)
-        pooled = self.model.text_model(input_ids=ids).pooler_output
+        return self.tokenizer(list(texts), padding="max_length", max_length=length, truncation=True,
+                              return_tensors="pt")["input_ids"]
+
+    def text_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids -> ``(b, 1, proj)``: pooled EOS state, text projection, L2 norm."""
+        pooled = self.model.text_model(input_ids=ids.to(self.device)).pooler_output
         return unit(self.model.text_projection(pooled)).unsqueeze(1)
+
+    def text(self, texts: list[str]) -> torch.Tensor:
+        return self.text_ids(self.tokenize(texts))
 
     def _project_cls(self, hidden: torch.Tensor) -> torch.Tensor:
         """Last hidden states ``(n, tokens, d)`` -> unit ``(n, 1, proj)`` via CLS, post-LN, projection."""

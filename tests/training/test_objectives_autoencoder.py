@@ -4,6 +4,8 @@ codec's own log-mel, each piece's loss falls on a fixed batch, and export names 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -71,3 +73,42 @@ def test_audio_input_is_the_codecs_log_mel(cfg):
     wave = torch.from_numpy(audiocaps_batch(2)["audio"].astype(np.float32))
     codec = AudioCodec(cfg.audio)
     torch.testing.assert_close(waveform_to_vae_mel(wave, cfg.audio), codec.waveform_to_mel(wave))
+
+
+def test_mean_pooled_optimus_learns_toy_captions_where_cls_pooling_does_not(tmp_path):
+    """The toy codecs' Optimus pools BERT by the masked mean (``text.pooling: mean``): after 400 steps from
+    scratch it reconstructs most toy captions exactly; the same model pooling [CLS] (Optimus' own, for the
+    released weights) keeps only a few. Also: the mean is over real tokens only (padding ignored)."""
+    from pipelines.toyworld import all_scenes
+    from training.debug_codecs import toy_words
+
+    toy = debug_codecs_config(write_tokenizers(tmp_path, toy_words(), clip_words=True), "toy")
+    assert toy.text.pooling == "mean"
+    captions = [s.caption for s in all_scenes()]                    # 60 captions of the image grammar
+    held = captions[::4]
+
+    def exact_after(pooling: str, steps: int = 400) -> float:
+        torch.manual_seed(0)
+        cfg = dataclasses.replace(toy, text=dataclasses.replace(toy.text, pooling=pooling))
+        task = AutoencoderTask(AutoencoderObjective("text", beta=1e-6), cfg)
+        module = task.build_trainable()
+        opt = torch.optim.AdamW(module.parameters(), lr=2e-3)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(steps):
+            batch = {"caption": np.array([captions[i] for i in torch.randint(0, len(captions), (32,), generator=g)])}
+            loss = task.loss(module, task.batch_inputs(batch, None, g, torch.device("cpu")))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        module.train(False)
+        with torch.no_grad():
+            out = module.optimus.decode(module.optimus.encode(held))
+        if pooling == "mean":      # padding does not move the mean: one caption alone == in a padded batch
+            ids, mask = module.optimus._encoder_inputs([held[0], "a red circle moving left slowly, with a low tone"])
+            alone = module.optimus.encoder(*module.optimus._encoder_inputs([held[0]]))[0]
+            assert torch.allclose(module.optimus.encoder(ids, mask)[0][:1], alone, atol=1e-5)
+        return float(np.mean([a == b for a, b in zip(held, out)]))
+
+    mean, cls = exact_after("mean"), exact_after("cls")
+    print(f"exact toy-caption reconstructions: mean pooling {mean:.2f}, CLS pooling {cls:.2f}")
+    assert mean >= 0.6 and cls <= 0.3, (mean, cls)

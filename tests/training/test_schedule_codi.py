@@ -70,17 +70,26 @@ def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_d
     cfgs = {n: stage_cfg(r) for n, r in stages.items()}
 
     # roots: each export differs from its initial weights (two AdamW steps at lr 1e-3)
-    roots = ("image_autoencoder", "audio_autoencoder", "vocoder_autoencoder", "text_autoencoder", "audio_bridging",
+    roots = ("image_autoencoder", "audio_autoencoder", "vocoder_autoencoder", "text_autoencoder", "clip_pretraining",
              "cascade_base", "cascade_ssr", "cascade_tsr")
     for name in roots:
         moved = changed(initial_export(cfgs[name]), exported[name])
         assert moved, name
+    # CLIP pretraining exports (and moves) both CLIP towers only; audio bridging moves only CLAP, aligned to
+    # the pretrained CLIP (its export carries that CLIP unchanged)
+    clip_moved = changed(initial_export(cfgs["clip_pretraining"]), exported["clip_pretraining"])
+    assert all(k.startswith("clip.") for k in exported["clip_pretraining"])
+    assert any(k.startswith("clip.model.text_model.") for k in clip_moved)
+    assert any(k.startswith("clip.model.vision_model.") for k in clip_moved)
     assert all(k.startswith("clap.") for k in changed(initial_export(cfgs["audio_bridging"]), exported["audio_bridging"]))
+    assert all(torch.equal(exported["audio_bridging"][k], v) for k, v in exported["clip_pretraining"].items())
 
-    # every LDM's codecs: the debug codecs with the bridged CLAP and all four trained autoencoder pieces laid over
+    # every LDM's codecs: the debug codecs with the pretrained CLIP, the bridged CLAP and all four trained
+    # autoencoder pieces laid over
     for ldm_name in ("image_ldm", "audio_ldm", "text_ldm"):
         codecs = load_codecs(cfgs[ldm_name].task.codecs).state_dict()
-        for name in ("image_autoencoder", "audio_autoencoder", "vocoder_autoencoder", "text_autoencoder"):
+        for name in ("image_autoencoder", "audio_autoencoder", "vocoder_autoencoder", "text_autoencoder",
+                     "clip_pretraining"):
             assert all(torch.equal(codecs[k], v) for k, v in exported[name].items()), (ldm_name, name)
         assert all(torch.equal(codecs[k], v) for k, v in exported["audio_bridging"].items() if k.startswith("clap."))
     ldms = {n: CoDi.from_pretrained(ckpt[n]) for n in ("image_ldm", "audio_ldm", "text_ldm", "video_ldm")}

@@ -119,3 +119,8 @@ def test_toy_codecs_know_every_caption_word_and_hold_128_mel_frames(tmp_path):
         assert toks["bert"].tokenize(caption.replace(",", "")) == words, caption      # one token per word, no [UNK]
         pieces = toks["gpt2"].tokenize(" " + caption.replace(",", ""))
         assert [p.lstrip("\u0120") for p in pieces] == words, caption
+        clip = toks["clip"].tokenize(caption)                     # CLIP: one token per word (and the comma)
+        assert [p.removesuffix("</w>") for p in clip] == caption.replace(",", " ,").split(), caption
+        ids = codecs.clip.tokenize([caption])[0].tolist()
+        assert len(ids) == codecs.cfg.clip.max_position_embeddings and max(ids) < codecs.cfg.clip.vocab_size
+    assert [p.removesuffix("</w>") for p in toks["clip"].tokenize("a zebra")] == ["a", "z", "e", "b", "r", "a"]

@@ -3,6 +3,12 @@ CLIP text encoder on paired data, so its conditions land in CLIP's 768-d space.
 
     L = ½[CE(e^s · ê_m ê_tᵀ, I) + CE(e^s · ê_t ê_mᵀ, I)],   s learnable, e^s ≤ 100 (CLIP)
 
+``modality: image`` is CLIP's own pretraining (Radford et al. 2021: the same loss on image–text pairs,
+BOTH towers trained), which the toy schedules run first because no pretrained CLIP exists at their
+sizes: CoDi starts from OpenAI's CLIP, whose text space already separates what captions say. A random
+frozen text tower gives distinct but unstructured caption embeddings, and the demo's LDMs trained on
+those ignored their prompts (loss with the right caption 0.0546 vs a shuffled one 0.0550).
+
 Task shape: trainable = ``BridgingModule`` (the encoder being aligned + the log temperature s; its
 one ``forward`` returns both, so ZeRO-3 gathers s inside the engine's forward); frozen = anything with
 ``condition("text", captions)`` — the ``Codecs`` (its CLIP text tower); ``batch_inputs`` = the raw
@@ -25,12 +31,12 @@ from training.objectives import CLIP_INIT_TEMPERATURE, info_nce
 from training.tasks.base import frozen, strip_prefix
 from training.tasks.batches import modality_data
 
-ALIGNED = ("audio", "video")
+ALIGNED = ("audio", "video", "image")        # image: CLIP pretraining, both towers train
 
 
 @dataclass
 class BridgingObjective:
-    modality: str = "audio"                            # the prompt encoder aligned to CLIP text
+    modality: str = "audio"                            # the prompt encoder aligned to CLIP text (image: CLIP itself)
     init_temperature: float = CLIP_INIT_TEMPERATURE    # s starts at log(1/τ) (CLIP: τ = 0.07)
     shard_set: str = "data"
 
@@ -39,6 +45,34 @@ class BridgingObjective:
             raise ValueError(f"bridging aligns one of {', '.join(ALIGNED)} to CLIP text, got {self.modality!r}")
         if not 0.0 < self.init_temperature:
             raise ValueError("init_temperature must be positive")
+
+
+class ClipTowers(nn.Module):
+    """A ``ClipEncoder``'s towers, projections (and temporal blocks) as parameters, its methods as calls —
+    without CLIP's 0-dim ``logit_scale``, which DeepSpeed's initial broadcast (a bytes view of every
+    parameter) refuses; the stage learns its own s."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        m = encoder.model
+        self.text_model, self.vision_model = m.text_model, m.vision_model
+        self.text_projection, self.visual_projection = m.text_projection, m.visual_projection
+        self.temporal = encoder.temporal
+        self.__dict__["clip"] = encoder           # not registered: the same modules, reached through its methods
+
+    def image(self, images: Tensor) -> Tensor:
+        return self.clip.image(images)
+
+    def video(self, video: Tensor) -> Tensor:
+        return self.clip.video(video)
+
+    def text_ids(self, ids: Tensor) -> Tensor:
+        return self.clip.text_ids(ids)
+
+    @staticmethod
+    def codecs_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """This module's state under the ``Codecs`` names (``clip.model.…``, ``clip.temporal.…``)."""
+        return {f"clip.{k}" if k.startswith("temporal.") else f"clip.model.{k}": v for k, v in state.items()}
 
 
 class BridgingModule(nn.Module):
@@ -51,10 +85,13 @@ class BridgingModule(nn.Module):
         # shape (1,), not 0-dim: DeepSpeed's initial broadcast views every parameter as bytes, which a 0-dim tensor refuses
         self.log_scale = nn.Parameter(torch.tensor([math.log(1.0 / init_temperature)]))
 
-    def forward(self, data: Tensor) -> tuple[Tensor, Tensor]:
-        """(b, d) embeddings of ``data`` and s (as a tensor computed here, so it exists after ZeRO-3 releases s)."""
-        embed = self.encoder.audio(data) if self.modality == "audio" else self.encoder.video(data)
-        return embed.flatten(1), self.log_scale[0] * 1.0
+    def forward(self, data: Tensor, ids: Optional[Tensor] = None) -> tuple[Tensor, ...]:
+        """(b, d) embeddings of ``data`` and s (as a tensor computed here, so it exists after ZeRO-3 releases s);
+        for CLIP pretraining (``image``) also the (b, d) embeddings of the caption token ``ids``."""
+        embed = getattr(self.encoder, self.modality)(data).flatten(1)
+        if self.modality == "image":
+            return embed, self.encoder.text_ids(ids).flatten(1), self.log_scale[0] * 1.0
+        return embed, self.log_scale[0] * 1.0
 
 
 class BridgingTask:
@@ -71,6 +108,8 @@ class BridgingTask:
         o = self.objective
         # the encoder may come out of a Codecs, whose prompt encoders are frozen: here it is what trains
         encoder = self.make_encoder().requires_grad_(True)
+        if o.modality in ("image", "video"):
+            encoder = ClipTowers(encoder)
         return BridgingModule(encoder, o.modality, o.init_temperature)
 
     def build_frozen(self) -> Optional[nn.Module]:
@@ -82,17 +121,25 @@ class BridgingTask:
         o = self.objective
         captions = modality_data(batch, "text", o.shard_set)
         data = modality_data(batch, o.modality, o.shard_set).to(device)
+        if o.modality == "image":     # the text tower trains: only its token ids are fed in
+            return {"data": data, "ids": text_encoder.clip.tokenize(captions).to(device)}
         return {"data": data, "text": text_encoder.condition("text", captions).flatten(1).float().to(device)}
 
     def loss(self, module, inputs: Mapping[str, Tensor], dtype: torch.dtype = torch.float32) -> Tensor:
         data = inputs["data"] if not inputs["data"].is_floating_point() else inputs["data"].to(dtype)
+        if self.objective.modality == "image":
+            embed, text, log_scale = module(data, inputs["ids"])
+            return info_nce(embed, text, log_scale)
         embed, log_scale = module(data)
         return info_nce(embed, inputs["text"], log_scale)
 
     def export_state(self, trainable: dict[str, Tensor], codecs: nn.Module) -> dict[str, Tensor]:
-        """The ``Codecs`` weights with the aligned CLAP put in place (audio). Video is refused: ``Codecs``
-        has ONE CLIP vision tower for image and video conditions, so a trained video encoder has no slot
-        of its own there (aligning that tower would move every image condition too)."""
+        """Audio: the ``Codecs`` weights with the aligned CLAP put in place. Image (CLIP pretraining): the
+        ``clip.*`` tensors only, laid over the codecs of later stages like an autoencoder piece. Video is
+        refused: ``Codecs`` has ONE CLIP vision tower for image and video conditions, so a trained video
+        encoder has no slot of its own there (aligning that tower would move every image condition too)."""
+        if self.objective.modality == "image":
+            return ClipTowers.codecs_state(strip_prefix(trainable, "encoder."))
         if self.objective.modality != "audio":
             raise UsageError("bridging_alignment for video: Codecs has no separate video prompt encoder to export "
                              "into (its CLIP vision tower also encodes images); add one to models/codecs.py first")
