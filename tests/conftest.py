@@ -72,7 +72,7 @@ def bucket(s3_endpoint, request):
 
 @pytest.fixture(scope="session")
 def codi_demo_debug(ray_local, tmp_path_factory):
-    """One ``codiray demo --debug`` run (toy world, four prepare jobs, ``codi_debug``'s 17 stages, every
+    """One ``codiray demo --debug`` run (toy world, four prepare jobs, ``codi_debug``'s 18 stages, every
     generation task, eval, report), shared by the demo's and the schedule's tests: (out, paths)."""
     import torch
 

@@ -139,12 +139,15 @@ def debug_codecs_config(tokenizer_dirs: dict[str, str], variant: str = "debug"):
     return cfg
 
 
-def debug_codecs(tokenizer_dirs: dict[str, str], seed: int = 0, variant: str = "debug"):
-    """The debug (or toy) codecs with these tokenizers and seeded random weights."""
+def debug_codecs(tokenizer_dirs: dict[str, str], seed: int = 0, variant: str = "debug", temporal: bool = False):
+    """The debug (or toy) codecs with these tokenizers and seeded random weights (``temporal``: with CoDi's
+    temporal attention in CLIP's vision tower, its video prompt encoder)."""
     from models.codecs import Codecs
 
+    cfg = debug_codecs_config(tokenizer_dirs, variant)
+    cfg.clip = dataclasses.replace(cfg.clip, temporal=temporal)
     torch.manual_seed(seed)
-    return Codecs(debug_codecs_config(tokenizer_dirs, variant))
+    return Codecs(cfg)
 
 
 def ensure_debug_codecs(directory: str | Path, seed: int = 0, variant: str = "debug") -> Path:
@@ -161,7 +164,8 @@ def ensure_debug_codecs(directory: str | Path, seed: int = 0, variant: str = "de
         with tempfile.TemporaryDirectory() as toks:
             words = toy_words() if variant == "toy" else WORDS
             tokenizers = write_tokenizers(Path(toks), words, clip_words=variant == "toy")
-            debug_codecs(tokenizers, seed, variant).save_pretrained(tmp / "codecs")
+            # the schedules' codecs carry CoDi's video prompt encoder (video bridging trains its temporal blocks)
+            debug_codecs(tokenizers, seed, variant, temporal=True).save_pretrained(tmp / "codecs")
         try:
             os.rename(tmp / "codecs", directory)
         except OSError:

@@ -159,12 +159,11 @@ def with_task(cfg: TrainConfig, **changes) -> TrainConfig:
 
 
 def codecs_from(cfg: TrainConfig, checkpoints: Mapping[str, str]) -> TrainConfig:
-    """Lay the needs' codecs exports over the stage's codecs: bridging first (audio bridging exports the
-    whole codecs with the aligned CLAP and the CLIP it aligned to; CLIP pretraining only its ``clip.*``),
-    then the autoencoder pieces (only their own tensors)."""
+    """Lay the needs' codecs exports over the stage's codecs: each autoencoder and bridging stage exports
+    only its own piece (``image.vae.*``, ``clip.model.*``, ``clip.temporal.*``, ``clap.*``, ...), so the
+    order does not matter; it is the needs' order."""
     kinds = {name: stage_config(ckpt).task.kind for name, ckpt in checkpoints.items()}
-    order = sorted(checkpoints, key=lambda n: 0 if kinds[n] == "bridging_alignment" else 1)
-    overlays = [str(Path(checkpoints[n]) / WEIGHTS) for n in order
+    overlays = [str(Path(checkpoints[n]) / WEIGHTS) for n in checkpoints
                 if kinds[n] in ("bridging_alignment", "autoencoder")]
     return with_task(cfg, codecs=dataclasses.replace(cfg.task.codecs, overlays=overlays))
 

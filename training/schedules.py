@@ -40,7 +40,7 @@ def codi_schedule(budgets: Mapping[str, rc.Budget], codecs: str, video_phases: l
     """CoDi's staged training (CoDi §3.2-3.4, its appendix; Imagen Video §2.5-2.7), one stage per box:
 
         autoencoders (image, audio, vocoder, text) ──────────────┐
-        CLIP pretraining → audio bridging (CLAP → CLIP text) ────┴→ image / audio / text LDMs (in parallel)
+        CLIP pretraining → audio / video bridging (→ CLIP text) ─┴→ image / audio / text LDMs (in parallel)
         image LDM → video LDM (curriculum phases) ──→ text+image → audio → video latent alignment
         image LDM → progressive distillation;   cascade base / SSR / TSR beside everything
 
@@ -55,7 +55,7 @@ def codi_schedule(budgets: Mapping[str, rc.Budget], codecs: str, video_phases: l
                      data=data, upstream=upstream, phases=list(phases))
 
     codec_stages = ["image_autoencoder", "audio_autoencoder", *(["vocoder_autoencoder"] if vocoder else []),
-                    "text_autoencoder", "clip_pretraining", "audio_bridging"]
+                    "text_autoencoder", "clip_pretraining", "audio_bridging", "video_bridging"]
     return Schedule([
         stage("image_autoencoder", "autoencoder", rc.autoencoder, "image", "laion", data="laion"),
         stage("audio_autoencoder", "autoencoder", rc.autoencoder, "audio", "audiocaps", data="audiocaps"),
@@ -65,6 +65,8 @@ def codi_schedule(budgets: Mapping[str, rc.Budget], codecs: str, video_phases: l
         stage("clip_pretraining", "bridging_alignment", rc.clip_pretraining, "laion", data="laion"),
         stage("audio_bridging", "bridging_alignment", rc.bridging, "audio", "audiocaps", needs=["clip_pretraining"],
               data="audiocaps", upstream=rc.codecs_from),
+        stage("video_bridging", "bridging_alignment", rc.bridging, "video", "webvid", needs=["clip_pretraining"],
+              data="webvid", upstream=rc.codecs_from),
         stage("image_ldm", "ldm", rc.ldm, "image", "laion", {"text": 1.0}, needs=codec_stages, data="laion",
               upstream=rc.codecs_from),
         stage("audio_ldm", "ldm", rc.ldm, "audio", "audiocaps", {"text": 1.0}, needs=codec_stages, data="audiocaps",
@@ -123,6 +125,7 @@ DEMO_BUDGETS = {
     "text_autoencoder": demo_budget(1000, batch=32),
     "clip_pretraining": demo_budget(300, batch=64),
     "audio_bridging": demo_budget(100, batch=32),
+    "video_bridging": demo_budget(100, batch=16),
     "image_ldm": demo_budget(1500, batch=16),
     "audio_ldm": demo_budget(800, batch=16),
     "text_ldm": demo_budget(300, batch=32),

@@ -85,18 +85,24 @@ def test_training_clap_lifts_retrieval_from_chance(tmp_path):
         assert torch.equal(v, text_before[k]), k
 
 
-def test_training_video_encoder_lifts_retrieval_from_chance(tmp_path):
-    """The video side: CLIP's vision tower (frames averaged, as ``Codecs`` conditions on video) aligned
-    to the frozen CLIP text tower on 8 clips of distinct colours and motions."""
+def test_training_video_temporal_attention_lifts_retrieval_from_chance(tmp_path):
+    """The video side: CoDi's temporal attention in CLIP's vision tower (frames averaged after it, as
+    ``Codecs`` conditions on video) aligned to the frozen CLIP text tower on 8 clips of distinct colours
+    and motions. Only the temporal blocks move (image conditions stay as they were) and only they are
+    exported; codecs without temporal blocks are refused in one line."""
+    import dataclasses
+
+    from common.errors import UsageError
     from models.encoders.clip import ClipEncoder
 
     tokenizers = write_tokenizers(tmp_path)
     codecs = debug_codecs(tokenizers)
-    clip_cfg = debug_codecs_config(tokenizers).clip
+    clip_cfg = dataclasses.replace(debug_codecs_config(tokenizers).clip, temporal=True)
     torch.manual_seed(2)
     task = BridgingTask(BridgingObjective("video", shard_set="webvid"), encoder=lambda: ClipEncoder(clip_cfg),
                         text=lambda: codecs)
     module = task.build_trainable()
+    before_state = {k: v.clone() for k, v in module.state_dict().items()}
     rng = np.random.default_rng(0)
     frames = np.zeros((len(CAPTIONS), 2, 32, 32, 3), np.uint8)
     for i in range(len(CAPTIONS)):
@@ -110,8 +116,8 @@ def test_training_video_encoder_lifts_retrieval_from_chance(tmp_path):
             return top1_retrieval(module(inputs["data"])[0], inputs["text"])
 
     before = accuracy()
-    opt = torch.optim.AdamW(module.parameters(), lr=3e-3, weight_decay=0.0)
-    for step in range(150):
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=3e-3, weight_decay=0.0)
+    for step in range(300):
         loss = task.loss(module, inputs)
         opt.zero_grad()
         loss.backward()
@@ -120,6 +126,16 @@ def test_training_video_encoder_lifts_retrieval_from_chance(tmp_path):
             break
     print(f"video→text top-1: {before:.3f} before, {accuracy():.3f} after {step + 1} steps")
     assert before <= 3 / len(CAPTIONS) and accuracy() >= 0.9, (before, accuracy(), step)
+    moved = {k for k, v in module.state_dict().items() if not torch.equal(v, before_state[k])}
+    assert moved and all(k.startswith(("encoder.temporal.", "log_scale")) for k in moved), sorted(moved)[:5]
+    export = task.export_state(dict(module.state_dict()), codecs)
+    assert export and all(k.startswith("clip.temporal.") for k in export)
+    assert set(export) == {f"clip.{k}" for k in ClipEncoder(clip_cfg).state_dict() if k.startswith("temporal.")}
+
+    no_temporal = dataclasses.replace(clip_cfg, temporal=False)
+    plain = BridgingTask(BridgingObjective("video"), encoder=lambda: ClipEncoder(no_temporal), text=lambda: codecs)
+    with pytest.raises(UsageError, match="clip.temporal: true"):
+        plain.build_trainable()
 
 
 def test_clip_pretraining_trains_both_towers_to_retrieve_toy_scenes(tmp_path):
@@ -166,8 +182,9 @@ def test_clip_pretraining_trains_both_towers_to_retrieve_toy_scenes(tmp_path):
     assert any(k.startswith("encoder.text_model.") for k in moved)
     assert any(k.startswith("encoder.vision_model.") for k in moved)
     assert all(p.dim() > 0 for p in module.parameters())     # DeepSpeed's broadcast refuses 0-dim parameters
-    # the export: every CLIP tensor under its codecs name except CLIP's own logit scale (the stage learns s)
+    # the export: both towers under their codecs names, not CLIP's own logit scale (the stage learns s) nor
+    # the temporal blocks (video bridging trains those; images never run them)
     export = task.export_state(dict(module.state_dict()), None)
-    assert set(export) == {k for k in codecs.state_dict() if k.startswith("clip.")} - {"clip.model.logit_scale"}
+    assert set(export) == {k for k in codecs.state_dict() if k.startswith("clip.model.")} - {"clip.model.logit_scale"}
     trained = module.encoder.clip.state_dict()
     assert all(torch.equal(export[k], trained[k.removeprefix("clip.")]) for k in export)

@@ -75,23 +75,24 @@ def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_d
     for name in roots:
         moved = changed(initial_export(cfgs[name]), exported[name])
         assert moved, name
-    # CLIP pretraining exports (and moves) both CLIP towers only; audio bridging moves only CLAP, aligned to
-    # the pretrained CLIP (its export carries that CLIP unchanged)
+    # each bridging stage exports and moves only its piece: CLIP pretraining both CLIP towers, audio bridging
+    # CLAP, video bridging CoDi's temporal blocks; the last two aligned to the pretrained CLIP
     clip_moved = changed(initial_export(cfgs["clip_pretraining"]), exported["clip_pretraining"])
-    assert all(k.startswith("clip.") for k in exported["clip_pretraining"])
+    assert all(k.startswith("clip.model.") for k in exported["clip_pretraining"])
     assert any(k.startswith("clip.model.text_model.") for k in clip_moved)
     assert any(k.startswith("clip.model.vision_model.") for k in clip_moved)
-    assert all(k.startswith("clap.") for k in changed(initial_export(cfgs["audio_bridging"]), exported["audio_bridging"]))
-    assert all(torch.equal(exported["audio_bridging"][k], v) for k, v in exported["clip_pretraining"].items())
+    for name, piece in (("audio_bridging", "clap."), ("video_bridging", "clip.temporal.")):
+        assert all(k.startswith(piece) for k in exported[name]), name
+        assert changed(initial_export(cfgs[name]), exported[name]), name
+        aligned_to = load_codecs(cfgs[name].task.codecs).state_dict()
+        assert all(torch.equal(aligned_to[k], v) for k, v in exported["clip_pretraining"].items()), name
 
-    # every LDM's codecs: the debug codecs with the pretrained CLIP, the bridged CLAP and all four trained
-    # autoencoder pieces laid over
+    # every LDM's codecs: the debug codecs with every autoencoder and bridging piece laid over
     for ldm_name in ("image_ldm", "audio_ldm", "text_ldm"):
         codecs = load_codecs(cfgs[ldm_name].task.codecs).state_dict()
         for name in ("image_autoencoder", "audio_autoencoder", "vocoder_autoencoder", "text_autoencoder",
-                     "clip_pretraining"):
+                     "clip_pretraining", "audio_bridging", "video_bridging"):
             assert all(torch.equal(codecs[k], v) for k, v in exported[name].items()), (ldm_name, name)
-        assert all(torch.equal(codecs[k], v) for k, v in exported["audio_bridging"].items() if k.startswith("clap."))
     ldms = {n: CoDi.from_pretrained(ckpt[n]) for n in ("image_ldm", "audio_ldm", "text_ldm", "video_ldm")}
     for name, unet in (("image_ldm", "image"), ("audio_ldm", "audio"), ("text_ldm", "text")):
         assert list(ldms[name].unets) == [unet], name

@@ -112,6 +112,7 @@ def test_toy_codecs_know_every_caption_word_and_hold_128_mel_frames(tmp_path):
     assert resolved.task.codecs.path == str(tmp_path / "toy_codecs")
     codecs = load_codecs(resolved.task.codecs)
     assert codecs.cfg.audio.frames == 128          # 1.28 s: two pulses of the slowest rhythm (2/s)
+    assert codecs.cfg.clip.temporal and codecs.clip.temporal is not None   # CoDi's video prompt encoder
     toks = codecs.tokenizers()
     for caption in (Scene("yellow", "triangle", "center").caption, Clip("blue", "square", "down", "quickly").caption,
                     Sound("shrill", "rattling").caption):

@@ -3,6 +3,10 @@ CLIP text encoder on paired data, so its conditions land in CLIP's 768-d space.
 
     L = ½[CE(e^s · ê_m ê_tᵀ, I) + CE(e^s · ê_t ê_mᵀ, I)],   s learnable, e^s ≤ 100 (CLIP)
 
+``modality: video`` trains CoDi's temporal attention blocks inside CLIP's vision tower (its video prompt
+encoder, ``clip.temporal: true``) with the tower itself frozen, so image conditions do not move; the
+export is those blocks (``clip.temporal.*``).
+
 ``modality: image`` is CLIP's own pretraining (Radford et al. 2021: the same loss on image–text pairs,
 BOTH towers trained), which the toy schedules run first because no pretrained CLIP exists at their
 sizes: CoDi starts from OpenAI's CLIP, whose text space already separates what captions say. A random
@@ -48,16 +52,16 @@ class BridgingObjective:
 
 
 class ClipTowers(nn.Module):
-    """A ``ClipEncoder``'s towers, projections (and temporal blocks) as parameters, its methods as calls —
-    without CLIP's 0-dim ``logit_scale``, which DeepSpeed's initial broadcast (a bytes view of every
-    parameter) refuses; the stage learns its own s."""
+    """A ``ClipEncoder``'s towers, projections (and, with ``temporal``, its temporal blocks) as parameters,
+    its methods as calls — without CLIP's 0-dim ``logit_scale``, which DeepSpeed's initial broadcast (a
+    bytes view of every parameter) refuses; the stage learns its own s."""
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: nn.Module, temporal: bool = True):
         super().__init__()
         m = encoder.model
         self.text_model, self.vision_model = m.text_model, m.vision_model
         self.text_projection, self.visual_projection = m.text_projection, m.visual_projection
-        self.temporal = encoder.temporal
+        self.temporal = encoder.temporal if temporal else None   # image pretraining never runs them
         self.__dict__["clip"] = encoder           # not registered: the same modules, reached through its methods
 
     def image(self, images: Tensor) -> Tensor:
@@ -70,8 +74,9 @@ class ClipTowers(nn.Module):
         return self.clip.text_ids(ids)
 
     @staticmethod
-    def codecs_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """This module's state under the ``Codecs`` names (``clip.model.…``, ``clip.temporal.…``)."""
+    def codecs_state(state: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+        """This module's state (under ``prefix``) under the ``Codecs`` names (``clip.model.…``, ``clip.temporal.…``)."""
+        state = {prefix + k: v for k, v in state.items()}
         return {f"clip.{k}" if k.startswith("temporal.") else f"clip.model.{k}": v for k, v in state.items()}
 
 
@@ -109,7 +114,13 @@ class BridgingTask:
         # the encoder may come out of a Codecs, whose prompt encoders are frozen: here it is what trains
         encoder = self.make_encoder().requires_grad_(True)
         if o.modality in ("image", "video"):
-            encoder = ClipTowers(encoder)
+            encoder = ClipTowers(encoder, temporal=o.modality == "video")
+        if o.modality == "video":
+            if encoder.temporal is None:
+                raise UsageError("bridging_alignment for video trains CoDi's temporal attention in CLIP's vision "
+                                 "tower, and these codecs have none: set clip.temporal: true in the codecs config")
+            encoder.requires_grad_(False)
+            encoder.temporal.requires_grad_(True)       # the tower stays as image conditions know it
         return BridgingModule(encoder, o.modality, o.init_temperature)
 
     def build_frozen(self) -> Optional[nn.Module]:
@@ -134,19 +145,16 @@ class BridgingTask:
         return info_nce(embed, inputs["text"], log_scale)
 
     def export_state(self, trainable: dict[str, Tensor], codecs: nn.Module) -> dict[str, Tensor]:
-        """Audio: the ``Codecs`` weights with the aligned CLAP put in place. Image (CLIP pretraining): the
-        ``clip.*`` tensors only, laid over the codecs of later stages like an autoencoder piece. Video is
-        refused: ``Codecs`` has ONE CLIP vision tower for image and video conditions, so a trained video
-        encoder has no slot of its own there (aligning that tower would move every image condition too)."""
-        if self.objective.modality == "image":
-            return ClipTowers.codecs_state(strip_prefix(trainable, "encoder."))
-        if self.objective.modality != "audio":
-            raise UsageError("bridging_alignment for video: Codecs has no separate video prompt encoder to export "
-                             "into (its CLIP vision tower also encodes images); add one to models/codecs.py first")
-        state = dict(codecs.state_dict())
+        """The trained piece under its ``Codecs`` names, laid over the codecs of later stages like an
+        autoencoder piece: the aligned CLAP (``clap.*``, audio); CoDi's temporal blocks (``clip.temporal.*``,
+        video: the one part of the video prompt encoder that image conditions do not share); both CLIP
+        towers (``clip.model.*`` but its logit scale, image: CLIP pretraining)."""
         encoder = strip_prefix(trainable, "encoder.")
-        state.update({f"clap.{k}": v for k, v in encoder.items()})
-        return state
+        if self.objective.modality == "audio":
+            return {f"clap.{k}": v for k, v in encoder.items()}
+        if self.objective.modality == "video":
+            return ClipTowers.codecs_state(strip_prefix(encoder, "temporal."), prefix="temporal.")
+        return ClipTowers.codecs_state(encoder)
 
     def save_pretrained(self, directory: Path, state: dict[str, Tensor], weights_name: str) -> None:
         directory = Path(directory)
