@@ -132,12 +132,13 @@ def rank_record(engine, weights: dict, rank: int, world: int, step: int, samples
             "samples": {str(epoch): keys for epoch, keys in samples.items()}, "resumed_from": resumed_from}
 
 
-def save_ema(ema, task, frozen, directory: Path) -> None:
-    """``ema.safetensors`` (the model's layout) and ``ema_state.safetensors`` (to resume from)."""
+def save_ema(ema, task, frozen, directory: Path, state: dict | None = None) -> None:
+    """``ema.safetensors`` (the model's layout: the averages over ``state``, the gathered weights, so that
+    weights that do not train are there too) and ``ema_state.safetensors`` (to resume from)."""
     from safetensors.torch import save_file
 
     averages = dict(ema.named_averages())
-    task.save_pretrained(directory, task.export_state(averages, frozen), EMA_WEIGHTS_NAME)
+    task.save_pretrained(directory, task.export_state({**(state or {}), **averages}, frozen), EMA_WEIGHTS_NAME)
     save_file({k: v.contiguous() for k, v in averages.items()}, str(directory / EMA_STATE_NAME),
               metadata={"decay": repr(ema.decay), "warmup": str(ema.warmup), "num_updates": str(ema.num_updates)})
 
@@ -153,7 +154,7 @@ def load_ema_state(directory: Path) -> dict:
 
 
 def save_checkpoint(engine, task, frozen, weights: dict, step: int, epoch: int, rank: int, directory: Path,
-                    history: list[dict], record: dict | None = None, ema=None) -> None:
+                    history: list[dict], record: dict | None = None, ema=None, state: dict | None = None) -> None:
     """DeepSpeed's sharded state (every rank writes its part and its record) + the full weights
     (``weights``: ``task.export_state`` of the gathered state) from rank 0. Ray Train merges every
     rank's directory into one checkpoint."""
@@ -164,7 +165,7 @@ def save_checkpoint(engine, task, frozen, weights: dict, step: int, epoch: int, 
     if rank == 0:
         task.save_pretrained(directory, weights, WEIGHTS_NAME)
         if ema is not None:
-            save_ema(ema, task, frozen, directory)
+            save_ema(ema, task, frozen, directory, state)
         (directory / STATE_NAME).write_text(json.dumps({"step": step, "epoch": epoch}))
         (directory / HISTORY_NAME).write_text(json.dumps(history))
 
@@ -258,12 +259,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if scalars is not None:
                 scalars.log(metrics)
             if step % cfg.checkpoint_every == 0 or last:
-                weights = task.export_state(gathered_state(engine.module), frozen)  # every rank: gathers
+                state = gathered_state(engine.module)                               # every rank: gathers
+                weights = task.export_state(state, frozen)
                 record = rank_record(engine, weights, rank, world, step, samples, resumed_from)
                 samples = {}
                 with tempfile.TemporaryDirectory() as tmp:
                     save_checkpoint(engine, task, frozen, weights, step, epoch, rank, Path(tmp), history, record,
-                                    ema.ema if ema is not None else None)
+                                    ema.ema if ema is not None else None, state)
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(metrics)

@@ -116,8 +116,9 @@ def ldm(modality: str, data: str, conditions: Mapping[str, float], budget: Budge
     """One modality's LDM on a CoDi holding only its UNet; video starts from the image LDM (``from_ldm``)."""
     specs = {"image": {"image": tiny_image_unet(video=True)}, "audio": {"audio": tiny_audio_unet()},
              "text": {"text": tiny_text_unet()}, "video": None}[modality]
+    # the video LDM grows video layers on the image LDM's UNet (one UNet for both) and trains only those
     objective = LDMObjective(modality, ConditionConfig(dict(conditions), drop_prob=0.1), frames=frames,
-                             frame_stride=frame_stride)
+                             frame_stride=frame_stride, train="video_layers" if modality == "video" else "all")
     task = TaskConfig(kind="ldm", ldm=objective, codi=CoDiConfig(**specs) if specs else None,
                       init="" if specs else UPSTREAM)
     return stage(f"{modality}_ldm", task, data, budget, codecs)

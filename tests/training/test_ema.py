@@ -74,3 +74,33 @@ def test_unknown_missing_or_sharded_parameters_are_clear_errors():
         ema.update([("w", torch.zeros(2, 2))])
     with pytest.raises(ValueError, match="ZeRO-3 shard"):
         ema.update([("w", torch.zeros(0)), ("b", torch.zeros(2))])
+
+
+def test_ema_export_keeps_the_weights_that_do_not_train(tmp_path):
+    """``ema.safetensors`` is the averages laid over the gathered weights: a frozen parameter (the spatial
+    layers of a video LDM that trains its video layers only) is there with its value, so the file loads as
+    the whole model."""
+    from safetensors.torch import load_file, save_file
+
+    from training.ema import EMA
+    from training.loop import EMA_WEIGHTS_NAME, save_ema
+
+    class Task:  # the two methods save_ema calls, as LDMTask has them (the export is the state itself)
+        def export_state(self, trainable, frozen=None):
+            return dict(trainable)
+
+        def save_pretrained(self, directory, state, weights_name):
+            save_file({k: v.contiguous() for k, v in state.items()}, str(directory / weights_name))
+
+    module = torch.nn.Linear(2, 2)
+    module.bias.requires_grad_(False)
+    ema = EMA([(n, p) for n, p in module.named_parameters() if p.requires_grad], decay=0.5)
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+    ema.update([("weight", module.weight)])
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    save_ema(ema, Task(), None, tmp_path, state)
+    saved = load_file(str(tmp_path / EMA_WEIGHTS_NAME))
+    assert set(saved) == {"weight", "bias"}
+    assert torch.equal(saved["bias"], module.bias.detach())
+    assert torch.equal(saved["weight"], dict(ema.named_averages())["weight"])

@@ -13,7 +13,7 @@ from models.diffusion.losses import mse_per_sample
 from training.objectives import compose_condition, condition_keep_mask, sample_condition
 from training.tasks.ldm import ConditionConfig, LDMObjective, LDMTask
 
-from objectives_helpers import (adam_steps, audiocaps_batch, debug_codecs, laion_batch, tiny_audio, tiny_codi,
+from objectives_helpers import (adam_steps, randomize, audiocaps_batch, debug_codecs, laion_batch, tiny_audio, tiny_codi,
                                 tiny_image, tiny_text, webvid_batch, write_tokenizers)
 
 
@@ -114,3 +114,30 @@ def test_inputs_split_into_micro_batches(codecs):
         whole = task.loss(model, inputs).item()
         split = sum(task.loss(model, h).item() for h in halves) / 2
     assert whole == pytest.approx(split, rel=1e-5)
+
+
+def test_video_ldm_on_video_layers_trains_them_alone_and_keeps_image_generation(codecs):
+    """``train: video_layers``: the loss falls, only the parameters a video UNet has beyond its spatial twin
+    move, and the UNet's ε on an image latent (no frame axis: the image LDM it grew from) is unchanged."""
+    torch.manual_seed(0)
+    task = LDMTask(LDMObjective("video", ConditionConfig({"text": 1.0}, drop_prob=0.1), train="video_layers"),
+                   tiny_codi(image=tiny_image(video=True)), lambda: codecs)
+    model = randomize(task.build_trainable())     # a trained image LDM stands here (a fresh UNet outputs zeros)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(any(w in n for w in ("temporal_attn.", "temporal_rel_pos_bias.", ".ff.", "frameshiftblock."))
+                             for n in trainable), sorted(trainable)[:4]
+    image_latent, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([500.0, 50.0])
+    context = codecs.condition("text", ["a red dog runs", "a blue boat sails"]).float()
+    with torch.no_grad():
+        image_eps = model({"image": image_latent}, t, context)["image"]
+    inputs = task.batch_inputs(webvid_batch(2, frames=2, size=8), codecs, torch.Generator().manual_seed(0),
+                               torch.device("cpu"))
+    losses = adam_steps(task, model, inputs, steps=20, lr=2e-3)
+    assert losses[-1] < 0.9 * losses[0], losses                 # 0.96 -> 0.83 measured
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved and moved <= trainable, sorted(moved - trainable)[:4]
+    with torch.no_grad():
+        assert torch.equal(model({"image": image_latent}, t, context)["image"], image_eps)
+    with pytest.raises(ValueError, match="video LDM"):
+        LDMObjective("image", train="video_layers")
