@@ -51,6 +51,14 @@ def check_data_fits(cfg: TrainConfig) -> None:
     if manifest["samples"] < needed:
         raise UsageError(f"{cfg.data.path}: {manifest['samples']} samples cannot fill one batch of "
                          f"{cfg.batch_size_per_worker} on each of {cfg.scaling.num_workers} workers")
+    if cfg.data.image_fraction > 0:
+        from training.tasks.batches import check_manifest
+
+        images = read_manifest(cfg.data.images, cfg.data.s3)
+        check_manifest(images, ["image", "text"], cfg.data.images)
+        if images["samples"] < needed:
+            raise UsageError(f"{cfg.data.images}: {images['samples']} image samples cannot fill one batch of "
+                             f"{cfg.batch_size_per_worker} on each of {cfg.scaling.num_workers} workers")
 
 
 def check_text_to_image_data(cfg: TrainConfig, manifest: dict) -> None:
@@ -140,7 +148,8 @@ def train(cfg: TrainConfig, progress: bool = True):
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             worker_runtime_env={"env_vars": {k: os.environ[k] for k in ("TORCH_EXTENSIONS_DIR",) if k in os.environ}},
         ),
-        datasets={"train": dataset},
+        datasets={"train": dataset, **({"images": read_shards(cfg.data.images, cfg.data.s3)}
+                                       if cfg.data.image_fraction > 0 else {})},
     )
     if board is None:
         return trainer.fit()

@@ -35,7 +35,8 @@ STATE_NAME = "train_state.json"
 HISTORY_NAME = "metrics_history.json"  # every logged metric since step 0: the checkpoint's loss curve
 RANKS_DIR = "ranks"  # ranks/rank_<r>.json: what each rank trained on and held (see rank_record)
 WEIGHTS_NAME = "model.safetensors"
-EMA_WEIGHTS_NAME = "ema.safetensors"  # the EMA weights in the model's layout (from_pretrained(weights_name=...))
+EMA_WEIGHTS_NAME = "ema.safetensors"
+IMAGES = -1  # the key under which a step's samples record the keys of image batches (data.images)  # the EMA weights in the model's layout (from_pretrained(weights_name=...))
 EMA_STATE_NAME = "ema_state.safetensors"  # the EMA's own state (trainable names, fp32) for resuming
 
 
@@ -68,6 +69,12 @@ def batches_forever(shard, cfg: TrainConfig, first_epoch: int = 0):
         epoch += 1
         if kept:
             yield from cached_epochs(kept, cfg.batch_size_per_worker, cfg.seed, epoch)
+
+
+def image_turn(index: int, fraction: float) -> bool:
+    """Whether micro-batch ``index`` (0, 1, ...) comes from the image shard set: exactly ⌊n·fraction⌋ of
+    the first n do, evenly spread, and every rank takes the same turns (same step, same collectives)."""
+    return int((index + 1) * fraction) > int(index * fraction)
 
 
 def cached_epochs(batches: list[dict], batch_size: int, seed: int, first_epoch: int):
@@ -129,7 +136,8 @@ def rank_record(engine, weights: dict, rank: int, world: int, step: int, samples
     """One rank's account of a checkpoint: the sample keys it trained on since the previous
     checkpoint (by epoch), the state it holds at this step, and the state it resumed from."""
     return {"rank": rank, "world_size": world, "step": step, **held_state(engine, weights),
-            "samples": {str(epoch): keys for epoch, keys in samples.items()}, "resumed_from": resumed_from}
+            "samples": {str(epoch): keys for epoch, keys in samples.items() if epoch != IMAGES},
+            "image_samples": samples.get(IMAGES, []), "resumed_from": resumed_from}
 
 
 def save_ema(ema, task, frozen, directory: Path, state: dict | None = None) -> None:
@@ -231,18 +239,25 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 7919 * step)  # fresh noise per resume
     batches = batches_forever(ray.train.get_dataset_shard("train"), cfg, first_epoch=epoch)
+    images = (batches_forever(ray.train.get_dataset_shard("images"), cfg)   # from its first epoch on a resume
+              if cfg.data.image_fraction > 0 else None)
     micro = cfg.batch_size_per_worker
     losses, samples, started = [], {}, time.perf_counter()
     if board is not None:
         board.start.remote(step, cfg.max_steps)
     while step < cfg.max_steps:
-        for _ in range(cfg.grad_accum_steps):  # DeepSpeed steps the optimizer on the last one
-            epoch, batch = next(batches)
+        for k in range(cfg.grad_accum_steps):  # DeepSpeed steps the optimizer on the last one
+            if images is not None and image_turn(step * cfg.grad_accum_steps + k, cfg.data.image_fraction):
+                _, batch = next(images)
+                seen = IMAGES
+            else:
+                epoch, batch = next(batches)
+                seen = epoch
             loss = task.loss(engine, task.batch_inputs(batch, frozen, generator, engine.device), dtype)
             engine.backward(loss)
             engine.step()
             losses.append(loss.item())
-            samples.setdefault(epoch, []).extend(batch["key"].tolist())
+            samples.setdefault(seen, []).extend(batch["key"].tolist())
         step += 1
         if ema is not None:
             ema.update()

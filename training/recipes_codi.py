@@ -31,6 +31,7 @@ from training.tasks.ldm import ConditionConfig, LDMObjective
 CONTEXT = 768              # the codecs' condition width (CLIP / CLAP projection)
 WEIGHTS = "model.safetensors"
 UPSTREAM = "<set by upstream>"   # init placeholder: the stage's ``upstream`` points it at its needs' exports
+SET_BY_SCHEDULE = "<set by the schedule>"   # data.images placeholder: the URI of the stage's ``images`` style
 
 
 # -- tiny UNets --------------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ def clip_pretraining(data: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODE
 
 
 def ldm(modality: str, data: str, conditions: Mapping[str, float], budget: Budget = DEBUG,
-        codecs: str = DEBUG_CODECS, frames: int = 0, frame_stride: int = 1) -> TrainConfig:
+        codecs: str = DEBUG_CODECS, frames: int = 0, frame_stride: int = 1, image_fraction: float = 0.25) -> TrainConfig:
     """One modality's LDM on a CoDi holding only its UNet; video starts from the image LDM (``from_ldm``)."""
     specs = {"image": {"image": tiny_image_unet(video=True)}, "audio": {"audio": tiny_audio_unet()},
              "text": {"text": tiny_text_unet()}, "video": None}[modality]
@@ -121,7 +122,12 @@ def ldm(modality: str, data: str, conditions: Mapping[str, float], budget: Budge
                              frame_stride=frame_stride, train="video_layers" if modality == "video" else "all")
     task = TaskConfig(kind="ldm", ldm=objective, codi=CoDiConfig(**specs) if specs else None,
                       init="" if specs else UPSTREAM)
-    return stage(f"{modality}_ldm", task, data, budget, codecs)
+    cfg = stage(f"{modality}_ldm", task, data, budget, codecs)
+    if modality == "video" and image_fraction > 0:   # joint image-video training: this fraction of the
+        # batches are images as 1-frame videos (CoDi's appendix), from the stage's ``images`` shard set
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, images=SET_BY_SCHEDULE,
+                                                                image_fraction=image_fraction))
+    return cfg
 
 
 def alignment(phase: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS) -> TrainConfig:

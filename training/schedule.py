@@ -45,8 +45,10 @@ class Stage:
     """One node of the schedule: a Ray Train run of ``recipe()`` once every stage in ``needs`` is done.
 
     ``data`` names the prepared shard style the stage reads (``laion``, ``webvid`` ...), mapped to a
-    URI by the schedule's ``--data STYLE=URI``. ``upstream`` (optional) gets the stage's config and
-    the checkpoint URIs of its needs when it starts, and returns the config that loads from them.
+    URI by the schedule's ``--data STYLE=URI``; ``images`` (optional) the style of a second shard set
+    of image–text pairs (``data.images``: a video LDM's images as 1-frame videos). ``upstream``
+    (optional) gets the stage's config and the checkpoint URIs of its needs when it starts, and
+    returns the config that loads from them.
     """
 
     name: str
@@ -56,6 +58,7 @@ class Stage:
     data: Optional[str] = None
     phases: list[CurriculumPhase] = field(default_factory=list)
     upstream: Optional[Callable[[TrainConfig, Mapping[str, str]], TrainConfig]] = None
+    images: Optional[str] = None
 
 
 @dataclass
@@ -168,6 +171,11 @@ def resolve_stage_config(stage: Stage, schedule_name: str, storage_path: str, da
             raise UsageError(f"stage {stage.name!r}: needs --data {style}=URI (given: {', '.join(sorted(data)) or 'none'})")
     if stage.data is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=data[stage.data]))
+    if stage.images is not None:
+        if stage.images not in data:
+            raise UsageError(f"stage {stage.name!r}: needs --data {stage.images}=URI for its image batches "
+                             f"(given: {', '.join(sorted(data)) or 'none'})")
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, images=data[stage.images]))
     return apply_overrides(cfg, stage_overrides(stage.name, overrides, stage_names), f"<overrides of stage {stage.name}>")
 
 

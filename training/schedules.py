@@ -36,7 +36,7 @@ def engine_debug() -> Schedule:
 
 
 def codi_schedule(budgets: Mapping[str, rc.Budget], codecs: str, video_phases: list[CurriculumPhase],
-                  vocoder: bool = True) -> Schedule:
+                  vocoder: bool = True, image_fraction: float = 0.25) -> Schedule:
     """CoDi's staged training (CoDi §3.2-3.4, its appendix; Imagen Video §2.5-2.7), one stage per box:
 
         autoencoders (image, audio, vocoder, text) ──────────────┐
@@ -46,13 +46,14 @@ def codi_schedule(budgets: Mapping[str, rc.Budget], codecs: str, video_phases: l
 
     ``budgets`` maps a stage name to its Budget (``default`` for the rest); ``codecs`` is the codecs
     variant every stage starts from (``debug`` or ``toy``); ``vocoder`` trains the HiFi-GAN (codecs
-    that decode with Griffin-Lim have nothing to train there)."""
+    that decode with Griffin-Lim have nothing to train there); ``image_fraction`` of the video LDM's
+    batches are laion images as 1-frame videos."""
     def b(name: str) -> rc.Budget:
         return budgets.get(name, budgets["default"])
 
-    def stage(name, kind, recipe, *args, needs=(), data=None, upstream=None, phases=(), **kw):
+    def stage(name, kind, recipe, *args, needs=(), data=None, upstream=None, phases=(), images=None, **kw):
         return Stage(name, kind, recipe=partial(recipe, *args, budget=b(name), codecs=codecs, **kw), needs=list(needs),
-                     data=data, upstream=upstream, phases=list(phases))
+                     data=data, upstream=upstream, phases=list(phases), images=images)
 
     codec_stages = ["image_autoencoder", "audio_autoencoder", *(["vocoder_autoencoder"] if vocoder else []),
                     "text_autoencoder", "clip_pretraining", "audio_bridging", "video_bridging"]
@@ -74,7 +75,7 @@ def codi_schedule(budgets: Mapping[str, rc.Budget], codecs: str, video_phases: l
         stage("text_ldm", "ldm", rc.ldm, "text", "laion", {"text": 1.0, "image": 1.0}, needs=codec_stages,
               data="laion", upstream=rc.codecs_from),
         stage("video_ldm", "ldm", rc.ldm, "video", "webvid", {"text": 1.0}, needs=["image_ldm"], data="webvid",
-              upstream=rc.from_ldm, phases=video_phases),
+              upstream=rc.from_ldm, phases=video_phases, images="laion", image_fraction=image_fraction),
         stage("text_image_alignment", "latent_alignment", rc.alignment, "text_image",
               needs=["video_ldm", "audio_ldm", "text_ldm"], data="laion", upstream=rc.merge_ldms),
         stage("audio_text_alignment", "latent_alignment", rc.alignment, "audio_text", needs=["text_image_alignment"],
@@ -97,8 +98,9 @@ def video_curriculum(short_until: int, until: int) -> list[CurriculumPhase]:
 
 
 def codi_debug() -> Schedule:
-    """``codi_demo``'s DAG, every stage two steps on one worker (the tests' twin)."""
-    return codi_schedule({"default": rc.DEBUG}, "debug", video_curriculum(1, 2))
+    """``codi_demo``'s DAG, every stage two steps on one worker (the tests' twin; the video LDM's second
+    step is a batch of images as 1-frame videos)."""
+    return codi_schedule({"default": rc.DEBUG}, "debug", video_curriculum(1, 2), image_fraction=0.5)
 
 
 def demo_budget(steps: int, batch: int = 8, lr: float = 1e-3, workers: int = 1) -> rc.Budget:

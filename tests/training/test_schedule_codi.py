@@ -103,6 +103,12 @@ def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_d
     assert changed(dict(ldms["image_ldm"].state_dict()), dict(ldms["video_ldm"].state_dict()))
     assert [p["name"] for p in stages["video_ldm"]["phases"]] == ["short_low_fps", "full"]
     assert (cfgs["video_ldm"].task.ldm.frames, cfgs["video_ldm"].task.ldm.frame_stride) == (0, 1)  # the last phase's
+    # joint image-video training: its second step was a batch of laion images (as 1-frame videos)
+    assert Path(cfgs["video_ldm"].data.images).resolve() == Path(data["laion"]).resolve()
+    assert cfgs["video_ldm"].data.image_fraction == 0.5
+    record = json.loads((ckpt["video_ldm"] / "ranks" / "rank_0.json").read_text())
+    clips = {k for keys in record["samples"].values() for k in keys}
+    assert record["image_samples"] and not set(record["image_samples"]) & clips, record
 
     # latent alignment: phase 1 starts from the three LDMs merged, each phase moves only its V + cross-attention
     start = {**{k: v for k, v in ldms["video_ldm"].state_dict().items()},

@@ -88,6 +88,14 @@ def batch_size(batch: Mapping) -> int:
     return len(next(iter(batch.values())))
 
 
+def images_as_videos(batch: Mapping) -> dict:
+    """A batch of images (``image``, no ``frames``) as 1-frame videos (joint image–video training); a batch
+    that has clips passes through."""
+    if "frames" in batch or "image" not in batch:
+        return dict(batch)
+    return {**batch, "frames": np.asarray(batch["image"])[:, None]}
+
+
 def take_frames(batch: Mapping, frames: int, stride: int) -> dict:
     """The batch with its video clips resampled on the fly (a video curriculum's phase): every
     ``stride``-th frame from the first, at most ``frames`` of them (0: all). Clips too short for the

@@ -26,7 +26,7 @@ from models.diffusion.config import build_schedule, conditioning_time
 from models.diffusion.losses import diffusion_loss
 from training.objectives import compose_condition, condition_keep_mask, diffusion_draw, sample_condition
 from training.tasks.base import frozen, save_codi_folder, weighted_mean
-from training.tasks.batches import batch_size, modality_data, presence, take_frames
+from training.tasks.batches import batch_size, images_as_videos, modality_data, presence, take_frames
 
 GENERATED = ("image", "video", "audio", "text")
 CONDITIONS = ("text", "image", "video", "audio")
@@ -142,7 +142,7 @@ class LDMTask:
     def batch_inputs(self, batch: Mapping, codecs: Codecs, generator: torch.Generator,
                      device: torch.device) -> dict[str, Tensor]:
         o = self.objective
-        batch = take_frames(batch, o.frames, o.frame_stride)
+        batch = take_frames(images_as_videos(batch) if o.modality == "video" else batch, o.frames, o.frame_stride)
         x0, weight = encode_target(codecs, batch, o.modality, o.shard_set, device)
         inputs = condition_inputs(codecs, batch, o.condition, o.shard_set, generator, device)
         return {**inputs, **diffusion_draw(x0, self.diffusion, self.schedule, generator), "weight": weight}
