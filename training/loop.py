@@ -35,8 +35,8 @@ STATE_NAME = "train_state.json"
 HISTORY_NAME = "metrics_history.json"  # every logged metric since step 0: the checkpoint's loss curve
 RANKS_DIR = "ranks"  # ranks/rank_<r>.json: what each rank trained on and held (see rank_record)
 WEIGHTS_NAME = "model.safetensors"
-EMA_WEIGHTS_NAME = "ema.safetensors"
-IMAGES = -1  # the key under which a step's samples record the keys of image batches (data.images)  # the EMA weights in the model's layout (from_pretrained(weights_name=...))
+EMA_WEIGHTS_NAME = "ema.safetensors"  # the EMA weights in the model's layout (from_pretrained(weights_name=...))
+IMAGES = -1  # the key under which a step's samples record the keys of image batches (data.images)
 EMA_STATE_NAME = "ema_state.safetensors"  # the EMA's own state (trainable names, fp32) for resuming
 
 
