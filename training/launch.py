@@ -39,26 +39,27 @@ def check_data_fits(cfg: TrainConfig) -> None:
     """Fail before any worker starts when the shards cannot feed this stage (one line each):
     text-to-image checks the image size; the CoDi stage kinds check that the manifest carries every
     modality the task needs (``task.required``, ``batches.check_manifest``)."""
+    from training.tasks.batches import check_manifest
+
     manifest = read_manifest(cfg.data.path, cfg.data.s3)
     if cfg.task.kind == "text_to_image":
         check_text_to_image_data(cfg, manifest)
     else:
         from training.task import build_task
-        from training.tasks.batches import check_manifest
 
         check_manifest(manifest, build_task(cfg).required, cfg.data.path)
-    needed = cfg.batch_size_per_worker * cfg.scaling.num_workers
-    if manifest["samples"] < needed:
-        raise UsageError(f"{cfg.data.path}: {manifest['samples']} samples cannot fill one batch of "
-                         f"{cfg.batch_size_per_worker} on each of {cfg.scaling.num_workers} workers")
-    if cfg.data.image_fraction > 0:
-        from training.tasks.batches import check_manifest
-
+    check_fills_a_batch(cfg, manifest, cfg.data.path)
+    if cfg.data.image_fraction > 0:        # joint image-video training's image-text pairs
         images = read_manifest(cfg.data.images, cfg.data.s3)
         check_manifest(images, ["image", "text"], cfg.data.images)
-        if images["samples"] < needed:
-            raise UsageError(f"{cfg.data.images}: {images['samples']} image samples cannot fill one batch of "
-                             f"{cfg.batch_size_per_worker} on each of {cfg.scaling.num_workers} workers")
+        check_fills_a_batch(cfg, images, cfg.data.images)
+
+
+def check_fills_a_batch(cfg: TrainConfig, manifest: dict, uri: str) -> None:
+    needed = cfg.batch_size_per_worker * cfg.scaling.num_workers
+    if manifest["samples"] < needed:
+        raise UsageError(f"{uri}: {manifest['samples']} samples cannot fill one batch of "
+                         f"{cfg.batch_size_per_worker} on each of {cfg.scaling.num_workers} workers")
 
 
 def check_text_to_image_data(cfg: TrainConfig, manifest: dict) -> None:

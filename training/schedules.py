@@ -111,8 +111,8 @@ def demo_budget(steps: int, batch: int = 8, lr: float = 1e-3, workers: int = 1) 
                      warmup=min(20, steps // 10), log_every=25)
 
 
-# Sized from step times and quality measured per stage in one process (torch on 2 threads), on the demo's
-# world (512 images, 256 clips, 256 sounds): the image VAE reconstructs colour, shape and position
+# Sized from step times and quality measured per stage in one process (torch on 2 threads), on the shards
+# of the previous demo run (512 images, 256 clips, 256 sounds): the image VAE reconstructs colour, shape and position
 # (probes: 100 %) after 900 steps of 32 (at 150 steps of 8, colour 42 %, shape 59 %); the mel VAE keeps
 # pitch (100 %) from 150 steps of 16, rhythm 75 % at 900; Optimus (mean-pooled BERT) gives back 14 of 16
 # captions exactly after 500 steps of 32; CLIP separates the captions in 300 steps of 64;

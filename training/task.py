@@ -85,9 +85,8 @@ def build_task(cfg: TrainConfig) -> StageTask:
     if t.kind == "autoencoder":
         return AutoencoderTask(t.autoencoder, codecs_config(t.codecs))
     if t.kind == "bridging_alignment":
-        encoder = {"audio": lambda: load_codecs(t.codecs).clap, "video": lambda: load_codecs(t.codecs).clip,
-                   "image": lambda: load_codecs(t.codecs).clip}
-        return BridgingTask(t.bridging, encoder=encoder[t.bridging.modality], text=codecs)
+        piece = "clap" if t.bridging.modality == "audio" else "clip"     # image and video: CLIP's towers
+        return BridgingTask(t.bridging, encoder=lambda: getattr(load_codecs(t.codecs), piece), text=codecs)
     if t.kind == "ldm":
         codi = t.codi if t.codi is not None else init_config(t)
         return LDMTask(t.ldm, codi, codecs, init=init)

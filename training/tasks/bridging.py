@@ -74,9 +74,8 @@ class ClipTowers(nn.Module):
         return self.clip.text_ids(ids)
 
     @staticmethod
-    def codecs_state(state: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
-        """This module's state (under ``prefix``) under the ``Codecs`` names (``clip.model.…``, ``clip.temporal.…``)."""
-        state = {prefix + k: v for k, v in state.items()}
+    def codecs_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """This module's state under the ``Codecs`` names (``clip.model.…``, ``clip.temporal.…``)."""
         return {f"clip.{k}" if k.startswith("temporal.") else f"clip.model.{k}": v for k, v in state.items()}
 
 
@@ -153,7 +152,7 @@ class BridgingTask:
         if self.objective.modality == "audio":
             return {f"clap.{k}": v for k, v in encoder.items()}
         if self.objective.modality == "video":
-            return ClipTowers.codecs_state(strip_prefix(encoder, "temporal."), prefix="temporal.")
+            return ClipTowers.codecs_state({k: v for k, v in encoder.items() if k.startswith("temporal.")})
         return ClipTowers.codecs_state(encoder)
 
     def save_pretrained(self, directory: Path, state: dict[str, Tensor], weights_name: str) -> None:
