@@ -22,14 +22,14 @@ class WorkerResources:
     def __post_init__(self):
         if self.cpus < 0 or self.gpus < 0:
             raise ValueError("cpus and gpus must be >= 0")
+        if self.memory_gb is not None and self.memory_gb <= 0:
+            raise ValueError("memory_gb must be > 0")
 
     @property
     def threads(self) -> int:
         """Intra-op threads for a worker holding these CPUs: the whole CPUs it reserved, at least one (an
         unset torch takes every core of the machine in every worker: oversubscribed, several times slower)."""
         return max(1, int(self.cpus))
-        if self.memory_gb is not None and self.memory_gb <= 0:
-            raise ValueError("memory_gb must be > 0")
 
     @property
     def use_gpu(self) -> bool:

@@ -58,3 +58,11 @@ def test_a_worker_uses_the_whole_cpus_it_reserved_as_threads():
     from common.resources import WorkerResources
 
     assert [WorkerResources(cpus=c).threads for c in (0.0, 0.25, 0.75, 1.0, 1.5, 2.0, 8.0)] == [1, 1, 1, 1, 1, 2, 8]
+
+
+@pytest.mark.parametrize("kwargs, word", [({"cpus": -1}, "cpus"), ({"gpus": -0.5}, "gpus"),
+                                          ({"memory_gb": 0}, "memory_gb"), ({"memory_gb": -4}, "memory_gb")])
+def test_impossible_requests_are_refused(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        WorkerResources(**kwargs)
+    assert WorkerResources(cpus=1.5).threads == 1 and WorkerResources(cpus=4).threads == 4
