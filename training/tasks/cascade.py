@@ -232,4 +232,4 @@ def load_cascade(folder: str, weights_name: str = WEIGHTS_NAME,
         except Exception as err:  # safetensors header errors, missing/unexpected/mis-shaped tensors
             problem = " ".join(str(err).split())[:300]
             raise UsageError(f"{path}: does not fit {CASCADE_CONFIG}'s UNet ({type(err).__name__}: {problem})") from None
-    return model.eval(), config
+    return model, config
