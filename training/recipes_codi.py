@@ -148,9 +148,12 @@ def cascade(kind: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS) -> Tr
     return stage(f"cascade_{kind}", task, "webvid", budget, codecs)
 
 
-def distillation(modality: str, data: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS) -> TrainConfig:
-    task = TaskConfig(kind="distillation", init=UPSTREAM, distillation=DistillationObjective(modality, student_steps=4))
-    return stage(f"{modality}_distillation", task, data, budget, codecs)
+def base_distillation(budget: Budget = DEBUG, codecs: str = DEBUG_CODECS, student_steps: int = 4) -> TrainConfig:
+    """Progressive distillation of the cascade's base (Imagen Video §2.7): an N-step student of the base export
+    (``from_cascade_base``), exported as a cascade base with ``sampling_steps`` N for the next halving."""
+    objective = DistillationObjective("video", student_steps=student_steps, teacher="cascade")
+    return stage("base_distillation", TaskConfig(kind="distillation", init=UPSTREAM, distillation=objective),
+                 "webvid", budget, codecs)
 
 
 # -- upstream: a stage's needs' exports -> its config ------------------------------------------------
@@ -184,6 +187,22 @@ def from_ldm(cfg: TrainConfig, checkpoints: Mapping[str, str]) -> TrainConfig:
     return with_task(cfg, init=checkpoints[ldm[0]], init_weights=WEIGHTS,
                      codecs=CodecsSource(path=upstream.task.codecs.path, overlays=list(upstream.task.codecs.overlays),
                                          seed=upstream.task.codecs.seed))
+
+
+def from_cascade_base(cfg: TrainConfig, checkpoints: Mapping[str, str]) -> TrainConfig:
+    """Distil the one cascade-base need's export (its teacher and the student's start; a ``base_distillation``
+    need's student for a further halving), with the codecs that stage trained on."""
+    def is_base(ckpt: str) -> bool:
+        task = stage_config(ckpt).task
+        return ((task.kind == "cascade" and task.cascade.kind == "base")
+                or (task.kind == "distillation" and task.distillation.teacher == "cascade"))
+
+    base = [n for n, ckpt in checkpoints.items() if is_base(ckpt)]
+    if len(base) != 1:
+        raise ValueError(f"needs exactly one cascade base (or base distillation) stage, got {sorted(base)}")
+    upstream = stage_config(checkpoints[base[0]])
+    return with_task(cfg, init=checkpoints[base[0]], init_weights=WEIGHTS,
+                     codecs=dataclasses.replace(upstream.task.codecs, overlays=list(upstream.task.codecs.overlays)))
 
 
 def merge_ldms(cfg: TrainConfig, checkpoints: Mapping[str, str]) -> TrainConfig:

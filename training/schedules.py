@@ -42,7 +42,7 @@ def codi_schedule(budgets: Mapping[str, rc.Budget], codecs: str, video_phases: l
         autoencoders (image, audio, vocoder, text) ──────────────┐
         CLIP pretraining → audio / video bridging (→ CLIP text) ─┴→ image / audio / text LDMs (in parallel)
         image LDM → video LDM (curriculum phases) ──→ text+image → audio → video latent alignment
-        image LDM → progressive distillation;   cascade base / SSR / TSR beside everything
+        cascade base → progressive distillation of the base;   cascade SSR / TSR beside everything
 
     ``budgets`` maps a stage name to its Budget (``default`` for the rest); ``codecs`` is the codecs
     variant every stage starts from (``debug`` or ``toy``); ``vocoder`` trains the HiFi-GAN (codecs
@@ -82,8 +82,8 @@ def codi_schedule(budgets: Mapping[str, rc.Budget], codecs: str, video_phases: l
               data="audiocaps", upstream=rc.from_ldm),
         stage("video_audio_alignment", "latent_alignment", rc.alignment, "video_audio",
               needs=["audio_text_alignment"], data="webvid", upstream=rc.from_ldm),
-        stage("image_distillation", "distillation", rc.distillation, "image", "laion", needs=["image_ldm"],
-              data="laion", upstream=rc.from_ldm),
+        stage("base_distillation", "distillation", rc.base_distillation, needs=["cascade_base"], data="webvid",
+              upstream=rc.from_cascade_base),
         stage("cascade_base", "cascade_base", rc.cascade, "base", data="webvid"),
         stage("cascade_ssr", "cascade_ssr", rc.cascade, "ssr", data="webvid"),
         stage("cascade_tsr", "cascade_tsr", rc.cascade, "tsr", data="webvid"),
@@ -135,9 +135,10 @@ DEMO_BUDGETS = {
     "text_image_alignment": demo_budget(40),
     "audio_text_alignment": demo_budget(20),
     "video_audio_alignment": demo_budget(20, batch=4),
-    "image_distillation": demo_budget(10),
-    # the cascade is there to show the stage kinds run; nothing samples from it in the demo
+    # the cascade is there to show the stage kinds run (and the base's distillation start from its export);
+    # the demo samples nothing through it
     **{f"cascade_{k}": demo_budget(2, batch=2) for k in ("base", "ssr", "tsr")},
+    "base_distillation": demo_budget(10, batch=2),
 }
 
 

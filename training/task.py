@@ -69,7 +69,7 @@ def build_task(cfg: TrainConfig) -> StageTask:
     """The task of a stage config: ``cfg.task.kind`` picks the class, its typed objective configures it."""
     from training.tasks.autoencoder import AutoencoderTask
     from training.tasks.bridging import BridgingTask
-    from training.tasks.cascade import CascadeTask
+    from training.tasks.cascade import CascadeTask, load_cascade
     from training.tasks.distillation import DistillationTask
     from training.tasks.latent_alignment import LatentAlignmentTask
     from training.tasks.ldm import LDMTask
@@ -94,9 +94,27 @@ def build_task(cfg: TrainConfig) -> StageTask:
         return LatentAlignmentTask(t.latent_alignment, init, codecs)
     if t.kind == "cascade":
         return CascadeTask(t.cascade, t.cascade_unet, codecs)
+    if t.kind == "distillation" and t.distillation.teacher == "cascade":
+        base = cascade_teacher_config(t.init, t.distillation.student_steps)
+        return DistillationTask(t.distillation, lambda: load_cascade(t.init, t.init_weights)[0], codecs,
+                                base.objective.diffusion, cascade=base)
     if t.kind == "distillation":
         return DistillationTask(t.distillation, init, codecs, init_config(t).diffusion)
     raise AssertionError(f"unhandled task kind {t.kind!r}")
+
+
+def cascade_teacher_config(folder: str, student_steps: int):
+    """The ``CascadeConfig`` of the base export a distillation stage halves: a base stage's (any sampling
+    steps) or a distilled student's of 2N steps."""
+    from training.tasks.cascade import cascade_config
+
+    config = cascade_config(folder)
+    if config.objective.kind != "base":
+        raise UsageError(f"{folder}: a cascade {config.objective.kind} export — distillation halves the base's steps")
+    if config.sampling_steps and config.sampling_steps != 2 * student_steps:
+        raise UsageError(f"{folder}: a {config.sampling_steps}-step student cannot teach a {student_steps}-step one "
+                         f"(progressive distillation halves: set student_steps {config.sampling_steps // 2})")
+    return config
 
 
 def codi_config(directory: str):

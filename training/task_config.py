@@ -48,7 +48,8 @@ class TaskConfig:
     kind: TaskKind = "text_to_image"
     codecs: CodecsSource = field(default_factory=CodecsSource)
     # a CoDi.from_pretrained folder: ldm starts from it (optional); latent_alignment aligns it and
-    # distillation distils it (its teacher and the student's start) — both require it
+    # distillation distils it (its teacher and the student's start) — both require it; a cascade base
+    # export (cascade_config.json + weights) for distillation with teacher: cascade
     init: str = ""
     # or the model assembled from several folders: UNet (image/audio/text) -> the CoDi folder holding it
     # (CoDi's per-modality LDMs, trained apart, meet for latent alignment)
@@ -79,10 +80,12 @@ class TaskConfig:
             raise ValueError("task.kind ldm needs task.codi (the model's sizes) or task.init (a CoDi folder)")
         if self.kind in ("latent_alignment", "distillation") and not self.has_init:
             raise ValueError(f"task.kind {self.kind} needs task.init (or task.init_parts): the CoDi folder of an "
-                             "ldm stage's export")
+                             "ldm stage's export (distillation: or a cascade base's export)")
+        if self.kind == "distillation" and self.distillation.teacher == "cascade" and not self.init:
+            raise ValueError("a cascade teacher is one export folder: set task.init, not task.init_parts")
+        if self.kind == "cascade" and self.cascade_unet is None:
+            raise ValueError("task.kind cascade needs task.cascade_unet (the UNet's sizes)")
 
     @property
     def has_init(self) -> bool:
         return bool(self.init or self.init_parts)
-        if self.kind == "cascade" and self.cascade_unet is None:
-            raise ValueError("task.kind cascade needs task.cascade_unet (the UNet's sizes)")

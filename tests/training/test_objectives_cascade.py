@@ -1,5 +1,6 @@
 """Cascade conditioning (Imagen Video §2.5): closed forms of the SSR/TSR constructors, the augmented
-conditioning carries the low-res signal exactly, λ' round-trips to t', and SSR/TSR v-losses fall."""
+conditioning carries the low-res signal exactly, λ' round-trips to t', SSR/TSR v-losses fall, and a stage's
+export is a folder that ``load_cascade`` rebuilds."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import torch
 
 from models.diffusion.schedules import CosineSchedule
 from training.objectives import downsample_video, skip_frames, ssr_condition, tsr_condition
-from training.tasks.cascade import CascadeObjective, CascadeTask, cosine_time_from_log_snr, video_to_unit
+from training.tasks.cascade import (CascadeConfig, CascadeObjective, CascadeTask, cosine_time_from_log_snr, load_cascade,
+                                    video_to_unit)
 from training.tasks.ldm import ConditionConfig
 
-from objectives_helpers import adam_steps, debug_codecs, tiny_image, webvid_batch, write_tokenizers
+from objectives_helpers import adam_steps, debug_codecs, randomize, tiny_image, webvid_batch, write_tokenizers
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +89,15 @@ def test_v_loss_matches_closed_form_and_falls(codecs, kind):
     losses = adam_steps(task, model, inputs, steps=12, lr=3e-3)
     assert losses[-1] < 0.7 * losses[0], losses
     assert model.aug_embed[2].weight.abs().sum() > 0     # λ' is an input that the network learns to use
+
+
+def test_a_stage_export_is_a_folder_load_cascade_rebuilds(codecs, tmp_path):
+    """What the loop writes (``save_pretrained`` of ``export_state``, model or EMA weights) loads back by folder
+    alone: the same weights in a ``CascadeDenoiser`` of the stage's UNet, and the stage's objective."""
+    task = CascadeTask(CascadeObjective("tsr", factor=4, tsr_mode="blank"), tiny_image(), lambda: codecs)
+    model = randomize(task.build_trainable(), seed=1, std=0.02)
+    task.save_pretrained(tmp_path, task.export_state(model.state_dict()), "ema.safetensors")
+    loaded, config = load_cascade(str(tmp_path), "ema.safetensors")
+    assert config == CascadeConfig(task.spec, task.objective) and config.sampling_steps == 0
+    assert (config.objective.factor, config.objective.tsr_mode, config.unet.in_channels) == (4, "blank", 6)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())

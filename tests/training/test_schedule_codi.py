@@ -4,6 +4,7 @@ DAG, each stage loading its needs' exports, and a rerun that skips them all."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import itertools
 import json
@@ -19,6 +20,7 @@ from training.config import TrainConfig
 from training.orchestrator import run_schedule
 from training.schedules import codi_debug
 from training.task import build_task, load_codecs
+from training.tasks.cascade import load_cascade
 from training.tasks.latent_alignment import alignment_parameter_names
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -126,10 +128,16 @@ def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_d
                                                             "audio": str(ckpt["audio_ldm"]),
                                                             "text": str(ckpt["text_ldm"])}
 
-    # distillation: the student started as the image LDM export (its teacher) and moved away from it
-    student = CoDi.from_pretrained(ckpt["image_distillation"]).state_dict()
-    assert changed(dict(ldms["image_ldm"].state_dict()), dict(student))
-    assert cfgs["image_distillation"].task.init == str(ckpt["image_ldm"])
+    # distillation of the cascade's base: the student started as the base export (its teacher) and moved away
+    # from it; both exports load by folder, the student's as a 4-step base
+    assert cfgs["base_distillation"].task.init == str(ckpt["cascade_base"])
+    assert not changed(initial_export(cfgs["base_distillation"]), exported["cascade_base"])
+    assert changed(exported["cascade_base"], exported["base_distillation"])
+    base, base_config = load_cascade(str(ckpt["cascade_base"]))
+    student, student_config = load_cascade(str(ckpt["base_distillation"]))
+    assert changed(dict(base.state_dict()), dict(student.state_dict()))
+    assert student_config == dataclasses.replace(base_config, sampling_steps=4)
+    assert cfgs["base_distillation"].task.codecs == cfgs["cascade_base"].task.codecs
 
     again = run_schedule(codi_debug, "codi", str(runs), data=data)
     assert {n: r["status"] for n, r in again.items()} == {n: "skipped" for n in stages}

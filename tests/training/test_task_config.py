@@ -42,6 +42,8 @@ def test_a_kind_without_its_objective_is_one_config_error():
         from_dict(TrainConfig, {"task": {"kind": "ldm"}})
     with pytest.raises(ConfigError, match="expected one of"):
         from_dict(TrainConfig, {"task": {"kind": "ClassFromString"}})
+    with pytest.raises(ConfigError, match="task.kind cascade needs task.cascade_unet"):
+        from_dict(TrainConfig, {"task": {"kind": "cascade", "cascade": {"kind": "base"}}})
 
 
 @pytest.fixture(scope="module")

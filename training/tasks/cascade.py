@@ -14,19 +14,28 @@ Task shape: trainable = ``CascadeDenoiser`` (a CoDi 2-D UNet with video layers, 
 2·C input channels for SSR/TSR, plus the λ' embedding); frozen = ``Codecs`` (CLIP text);
 ``batch_inputs`` builds x, the augmented conditioning, λ', t, ε; ``loss`` is one call + the core's
 ``diffusion_loss`` in v.
+
+Export: a self-describing folder, ``cascade_config.json`` (``CascadeConfig``: the UNet, the objective —
+kind, factor, modes, augmentation, diffusion, condition — and the steps it was distilled for) beside the
+safetensors weights; ``load_cascade(folder)`` rebuilds the ``CascadeDenoiser`` from it (local or ``s3://``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Mapping, Optional
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from common import storage
+from common.config import from_dict, to_dict
+from common.errors import UsageError
 from models.codecs import Codecs
 from models.codi.config import UNetSpec
 from models.codi.unet import UNet2D
@@ -41,6 +50,8 @@ from training.tasks.batches import modality_data
 from training.tasks.ldm import ConditionConfig, condition_inputs
 
 CascadeKind = Literal["base", "ssr", "tsr"]
+CASCADE_CONFIG = "cascade_config.json"
+WEIGHTS_NAME = "model.safetensors"
 
 
 def cascade_diffusion() -> DiffusionConfig:
@@ -156,6 +167,69 @@ class CascadeTask:
         return dict(trainable)
 
     def save_pretrained(self, directory: Path, state: dict[str, Tensor], weights_name: str) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / weights_name))
+        save_cascade(directory, state, CascadeConfig(self.spec, self.objective), weights_name)
+
+
+# -- the export: cascade_config.json + weights, and its loader --------------------------------------
+
+@dataclass
+class CascadeConfig:
+    """What rebuilds and samples a cascade export: the stage's UNet (channels as ``cascade_spec`` set them)
+    and objective; ``sampling_steps`` is N for a progressively distilled student (0: not distilled)."""
+
+    unet: UNetSpec
+    objective: CascadeObjective
+    sampling_steps: int = 0
+
+    def __post_init__(self):
+        want = cascade_spec(self.unet, self.objective.kind, self.unet.out_channels)
+        if (self.unet.in_channels, self.unet.video, self.unet.connectors) != (want.in_channels, True, False):
+            raise ValueError(f"a {self.objective.kind} stage's UNet takes {want.in_channels} input channels, has video "
+                             f"layers and no connectors; got in_channels={self.unet.in_channels}, "
+                             f"video={self.unet.video}, connectors={self.unet.connectors}")
+        if self.sampling_steps < 0:
+            raise ValueError("sampling_steps must be >= 0")
+
+
+def save_cascade(directory: Path, state: dict[str, Tensor], config: CascadeConfig,
+                 weights_name: str = WEIGHTS_NAME) -> Path:
+    """A cascade export folder: ``weights_name`` (safetensors) and ``cascade_config.json`` beside it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / weights_name))
+    (directory / CASCADE_CONFIG).write_text(json.dumps(to_dict(config), indent=2))
+    return directory
+
+
+def cascade_config(folder: str) -> CascadeConfig:
+    """The ``CascadeConfig`` of an export folder (local or ``s3://``), without reading the weights."""
+    path = storage.join(str(folder), CASCADE_CONFIG)
+    if not (storage.exists(path) if storage.is_remote(folder) else Path(path).is_file()):
+        raise UsageError(f"{path}: not found — not a cascade export (a cascade or base_distillation stage's "
+                         "checkpoint folder)")
+    text = storage.read_bytes(path).decode() if storage.is_remote(folder) else Path(path).read_text()
+    return from_dict(CascadeConfig, json.loads(text), source=path)
+
+
+def load_cascade(folder: str, weights_name: str = WEIGHTS_NAME,
+                 map_location: str = "cpu") -> tuple[CascadeDenoiser, CascadeConfig]:
+    """(the ``CascadeDenoiser``, its ``CascadeConfig``) of an export folder, local or ``s3://``; a missing
+    config or weights file, or weights that do not fit the config's UNet, is one line naming the file."""
+    config = cascade_config(folder)
+    path = storage.join(str(folder), weights_name)
+    model = CascadeDenoiser(config.unet)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = path
+        if storage.is_remote(folder):
+            if not storage.exists(path):
+                raise UsageError(f"{path}: not found — the cascade export has no {weights_name}")
+            local = str(Path(tmp) / weights_name)
+            Path(local).write_bytes(storage.read_bytes(path))
+        elif not Path(path).is_file():
+            raise UsageError(f"{path}: not found — the cascade export has no {weights_name}")
+        try:
+            model.load_state_dict(load_file(local, device=map_location), strict=True)
+        except Exception as err:  # safetensors header errors, missing/unexpected/mis-shaped tensors
+            problem = " ".join(str(err).split())[:300]
+            raise UsageError(f"{path}: does not fit {CASCADE_CONFIG}'s UNet ({type(err).__name__}: {problem})") from None
+    return model, config

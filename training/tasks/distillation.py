@@ -6,17 +6,23 @@
     x̃ = (z_{t''} − (σ_{t''}/σ_t) z_t) / (α_{t''} − (σ_{t''}/σ_t) α_t)
     L = ‖x̃ − x̂_η(z_t)‖² in the student's parameterization         (the core's ``progressive_distillation_*``)
 
-Task shape: trainable = the student (a ``CoDi`` initialised from the teacher's weights); frozen =
-``{"teacher": CoDi, "codecs": Codecs}``; ``batch_inputs`` encodes x, embeds the prompt, draws i and ε
-and runs the two teacher DDIM steps under ``no_grad`` to give x̃; ``loss`` is one student call.
-Repeating the stage with N halved (the student becoming the next teacher) is the schedule's job.
+The teacher (``objective.teacher``) is the cascade's base (``cascade``: a ``CascadeDenoiser`` export on
+pixel video in [−1, 1], continuous cosine schedule, v-prediction — what the schedules distil) or a CoDi
+LDM (``codi``: its ``modality`` UNet on codec latents).
+
+Task shape: trainable = the student (initialised from the teacher's weights); frozen =
+``{"teacher": ..., "codecs": Codecs}``; ``batch_inputs`` gives x (pixels or latents), embeds the prompt,
+draws i and ε and runs the two teacher DDIM steps under ``no_grad`` to give x̃; ``loss`` is one student
+call. The student is exported as its teacher was (a cascade export with ``sampling_steps`` = N, or a
+CoDi folder), so the next halving starts from it; repeating the stage is the schedule's job.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Callable, Literal, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +32,8 @@ from models.diffusion.config import DiffusionConfig, build_schedule, conditionin
 from models.diffusion.distillation import progressive_distillation_loss, progressive_distillation_target
 from models.diffusion.process import q_sample
 from training.tasks.base import frozen, save_codi_folder, weighted_mean
+from training.tasks.batches import modality_data
+from training.tasks.cascade import CascadeConfig, save_cascade, video_to_unit
 from training.tasks.ldm import ConditionConfig, condition_inputs, encode_target
 
 
@@ -35,10 +43,13 @@ class DistillationObjective:
     student_steps: int = 4                 # N: the student's sampling steps (the teacher takes 2N)
     condition: ConditionConfig = field(default_factory=lambda: ConditionConfig({"text": 1.0}, drop_prob=0.1))
     shard_set: str = "data"
+    teacher: Literal["codi", "cascade"] = "codi"   # what task.init holds: a CoDi folder or a cascade base export
 
     def __post_init__(self):
         if self.student_steps < 1:
             raise ValueError("student_steps must be >= 1")
+        if self.teacher == "cascade" and self.modality != "video":
+            raise ValueError("a cascade base teacher generates video: set modality: video")
 
 
 def student_times(schedule, diffusion: DiffusionConfig, n: int, batch: int,
@@ -64,10 +75,14 @@ class DistillationTask:
     """The ``distillation`` stage kind: one halving of the sampling steps."""
 
     def __init__(self, objective: DistillationObjective, teacher: Callable[[], nn.Module], codecs: Callable[[], Codecs],
-                 diffusion: DiffusionConfig, student: Optional[Callable[[], nn.Module]] = None):
+                 diffusion: DiffusionConfig, student: Optional[Callable[[], nn.Module]] = None,
+                 cascade: Optional[CascadeConfig] = None):
+        """``cascade``: the teacher export's config (``objective.teacher == "cascade"``), the student's export config."""
+        if (objective.teacher == "cascade") != (cascade is not None):
+            raise ValueError("a cascade teacher needs its CascadeConfig (and only a cascade teacher has one)")
         self.objective, self.make_teacher, self.make_codecs = objective, teacher, codecs
         self.make_student = student or teacher
-        self.diffusion, self.schedule = diffusion, build_schedule(diffusion)
+        self.diffusion, self.schedule, self.cascade = diffusion, build_schedule(diffusion), cascade
 
     @property
     def required(self) -> list[str]:
@@ -82,16 +97,27 @@ class DistillationTask:
         return frozen(nn.ModuleDict({"teacher": self.make_teacher(), "codecs": self.make_codecs()}))
 
     def denoiser(self, model, context: Tensor, dtype: torch.dtype = torch.float32):
-        """``model`` as the core's ``(z, t) -> output`` callable for modality ``objective.modality``."""
+        """``model`` as the core's ``(z, t) -> output`` callable (a CoDi: its ``objective.modality`` UNet)."""
+        time = lambda t, z: conditioning_time(self.diffusion, t).to(z.device)  # noqa: E731
+        if self.cascade is not None:
+            return lambda z, t: model(z.to(dtype), time(t, z), context.to(dtype)).float()
         m = self.objective.modality
-        return lambda z, t: model({m: z.to(dtype)}, conditioning_time(self.diffusion, t).to(z.device),
-                                  context.to(dtype))[m].float()
+        return lambda z, t: model({m: z.to(dtype)}, time(t, z), context.to(dtype))[m].float()
+
+    def data(self, batch: Mapping, codecs: Codecs, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(x, per-example weight): pixel video in [−1, 1] for a cascade teacher (every clip has frames), codec
+        latents for a CoDi one (weight 0 where the modality is absent)."""
+        o = self.objective
+        if self.cascade is not None:
+            x0 = video_to_unit(modality_data(batch, "video", o.shard_set)).to(device)
+            return x0, torch.ones(x0.shape[0], device=device)
+        return encode_target(codecs, batch, o.modality, o.shard_set, device)
 
     @torch.no_grad()
     def batch_inputs(self, batch: Mapping, frozen_part: nn.ModuleDict, generator: torch.Generator,
                      device: torch.device) -> dict[str, Tensor]:
         o, codecs, teacher = self.objective, frozen_part["codecs"], frozen_part["teacher"]
-        x0, weight = encode_target(codecs, batch, o.modality, o.shard_set, device)
+        x0, weight = self.data(batch, codecs, device)
         inputs = condition_inputs(codecs, batch, o.condition, o.shard_set, generator, device)
         t, t_mid, t_next = (s.to(device) for s in student_times(self.schedule, self.diffusion, o.student_steps,
                                                                 x0.shape[0], generator))
@@ -114,4 +140,8 @@ class DistillationTask:
         return dict(trainable)
 
     def save_pretrained(self, directory: Path, state: dict[str, Tensor], weights_name: str) -> None:
-        save_codi_folder(directory, state, self.student_config, weights_name)
+        if self.cascade is not None:
+            config = dataclasses.replace(self.cascade, sampling_steps=self.objective.student_steps)
+            save_cascade(directory, state, config, weights_name)
+        else:
+            save_codi_folder(directory, state, self.student_config, weights_name)
