@@ -2,7 +2,7 @@
 functions that point a stage at what its needs exported.
 
 Every recipe takes a ``Budget`` (steps, batch, workers, LR) and a codecs variant; the UNets are tiny
-(toy worlds on a laptop). ``DEBUG`` — one worker, two optimizer steps — is what ``codi_debug``
+(toy worlds on a laptop). ``DEBUG`` — two workers, two optimizer steps — is what ``codi_debug``
 (training/schedules.py) runs in the tests; ``codi_demo`` gives the same DAG the demo's budgets.
 """
 
@@ -74,8 +74,9 @@ class Budget:
     log_every: int = 1
 
 
-DEBUG = Budget()   # two steps of batch 2 on one worker of 1.5 CPUs (two stages side by side on a 4-CPU Ray
-                   # leave a CPU for Ray Data's reads)
+# two steps of batch 2 on each of two data-parallel workers of 0.75 CPUs: a stage still reserves 1.5 logical
+# CPUs, so two stages run side by side on a 4-CPU Ray and leave a CPU for Ray Data's reads
+DEBUG = Budget(workers=2, cpus=0.75)
 
 
 def stage(name: str, task: TaskConfig, data: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS) -> TrainConfig:

@@ -98,8 +98,9 @@ def video_curriculum(short_until: int, until: int) -> list[CurriculumPhase]:
 
 
 def codi_debug() -> Schedule:
-    """``codi_demo``'s DAG, every stage two steps on one worker (the tests' twin; the video LDM's second
-    step is a batch of images as 1-frame videos)."""
+    """``codi_demo``'s DAG, every stage two steps on two data-parallel workers of 0.75 CPUs (``rc.DEBUG``:
+    the tests' twin, proving every stage kind trains across ranks; the video LDM's second step is a batch
+    of images as 1-frame videos)."""
     return codi_schedule({"default": rc.DEBUG}, "debug", video_curriculum(1, 2), image_fraction=0.5)
 
 

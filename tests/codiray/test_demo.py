@@ -32,7 +32,7 @@ def demo(codi_demo_debug):
     return out
 
 
-@pytest.mark.timeout(900)  # may pay the session's demo run: codi_debug's 18 stages, two steps each (~6 min)
+@pytest.mark.timeout(1200)  # may pay the session's demo run: 18 stages, two steps on 2 workers each (~10 min)
 def test_every_task_is_generated_and_scored(demo):
     per_task = debug_config().generate.per_task
     metrics = json.loads((demo / "metrics.json").read_text())

@@ -1,6 +1,6 @@
 """``codi_debug`` end to end on a real Ray (the run of the session's ``codiray demo --debug``): a toy
-world prepared by the real prepare jobs, every CoDi stage kind trained by Ray Train + DeepSpeed in its
-DAG, each stage loading its needs' exports, and a rerun that skips them all."""
+world prepared by the real prepare jobs, every CoDi stage kind trained by Ray Train + DeepSpeed on two
+data-parallel workers in its DAG, each stage loading its needs' exports, and a rerun that skips them all."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def changed(before: dict, after: dict) -> list[str]:
     return [k for k in before if not torch.equal(before[k], after[k])]
 
 
-@pytest.mark.timeout(900)  # may pay the session's `codiray demo --debug` run (~6 min on 2 quiet cores)
+@pytest.mark.timeout(1200)  # may pay the session's `codiray demo --debug` run (~10 min on 2 busy cores)
 def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_demo_debug):
     out, paths = codi_demo_debug
     data, runs = paths["data"], out / "bucket" / "runs"
@@ -66,6 +66,28 @@ def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_d
     assert len(overlapping) >= 1, "no two stages trained at the same time"
     for name, r in stages.items():  # every stage started after all its needs finished
         assert all(at(r["started"]) >= at(stages[m]["finished"]) for m in r["needs"]), name
+
+    # every stage trained data-parallel on two Ray Train workers: the schedule reserved two, and each of its
+    # checkpoints holds both ranks' records (written by the workers themselves): disjoint sample keys, the same
+    # weights and optimizer state after the all-reduced steps; over its checkpoints each rank trained on samples
+    for name, r in stages.items():
+        assert r["resources"]["num_workers"] == 2 and r["resources"]["per_worker"] == {"CPU": 0.75}, (name, r)
+        checkpoints = sorted(p for p in Path(r["run_dir"]).glob("checkpoint_*") if p.is_dir())
+        assert Path(r["checkpoint"]) in checkpoints, name
+        trained = {0: 0, 1: 0}
+        for folder in checkpoints:
+            records = {int(p.stem.removeprefix("rank_")): json.loads(p.read_text())
+                       for p in (folder / "ranks").glob("rank_*.json")}
+            assert set(records) == {0, 1} and {q["world_size"] for q in records.values()} == {2}, (name, folder)
+            keys = {rank: [k for keys in q["samples"].values() for k in keys] + q["image_samples"]
+                    for rank, q in records.items()}
+            assert not set(keys[0]) & set(keys[1]), (name, folder, keys)
+            assert records[0]["weights_sha256"] == records[1]["weights_sha256"], (name, folder)
+            assert records[0]["optimizer_sha256"] == records[1]["optimizer_sha256"], (name, folder)
+            for rank in trained:
+                trained[rank] += len(keys[rank])
+        # two steps of batch 2 per rank (the video LDM's: one in each of its two phases' checkpoints)
+        assert trained == {0: 4, 1: 4}, (name, trained)
 
     ckpt = {n: Path(r["checkpoint"]) for n, r in stages.items()}
     exported = {n: load_file(str(p / "model.safetensors")) for n, p in ckpt.items()}
