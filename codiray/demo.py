@@ -34,8 +34,8 @@ SCHEDULE_NAME = "codi"
 @dataclass
 class WorldConfig:
     images: int = 512
-    videos: int = 128
-    sounds: int = 128
+    videos: int = 256
+    sounds: int = 256
     image_size: int = 48            # source JPEGs (prepare resizes to prepare.image.size)
     seed: int = 0
 
@@ -47,7 +47,7 @@ class GenerateConfig:
                                     # sampling time (8-frame videos took 95-174 s a task at 50)
     size: int = 32                  # image / video side; matches prepare's
     frames: int = 8
-    fps: float = 8.0
+    fps: float = 4.0                # the whole 2-s clip, as prepared
     seed: int = 1000                # held-out prompts: another seed than the world's
     batch_size: int = 16
 
@@ -56,7 +56,7 @@ class GenerateConfig:
 class DemoConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig(
-        image=ImageConfig(size=32, min_size=16), video=VideoConfig(size=32, fps=8.0, frames=8, threads=1),
+        image=ImageConfig(size=32, min_size=16), video=VideoConfig(size=32, fps=4.0, frames=8, threads=1),
         audio=AudioConfig(sample_rate=16000, seconds=2.0, min_seconds=0.5, keep_waveform=True),
         shards=ShardConfig(samples_per_shard=128)))
     schedule: str = "codi_demo"
