@@ -3,10 +3,12 @@
     codiray generate --checkpoint outputs/runs/t2i-demo --prompt "a red circle on the left" --out samples/
     codiray generate --checkpoint codi-folder --input text="a red circle moving left" --input audio=a.wav \
         --weight text=1 --weight audio=2 --output video,audio --out samples/
+    codiray generate --cascade --checkpoint runs/codi --prompt "a red circle moving left" --frames 8 --size 32
 
 ``--checkpoint`` is a text-to-image checkpoint folder (holding model.safetensors) or run folder (the
 checkpoint with the highest step is used), or a CoDi model folder (codi_config.json + codecs/, local
-or s3://), which takes the any-to-any path of ``training.generate_codi``. Sampling is DDIM (CoDi: 50
+or s3://), which takes the any-to-any path of ``training.generate_codi``; ``--cascade`` samples a run's
+Imagen-Video cascade instead (``training.generate_cascade``). Sampling is DDIM (CoDi: 50
 steps, η = 1) with classifier-free guidance, both from the shared diffusion core; ``sample_x0`` is the
 whole text-to-image sampling path and takes any model with the UNet's call signature ``model(z_t, t, context)``.
 """
@@ -158,6 +160,9 @@ def register(subparsers) -> None:
     parser.add_argument("--prompt", action="append", help="text prompt (repeatable; with CoDi: one input set each)")
     parser.add_argument("--out", default="samples", help="folder for the outputs and generation.json")
     parser.add_argument("--num-per-prompt", type=int, default=1, help="samples per prompt / input set")
+    parser.add_argument("--cascade", action="store_true",
+                        help="text -> video through the Imagen-Video cascade (base or its distilled student, then "
+                             "TSR, SSR) of a schedule run folder; --frames/--size are the last stage's output")
     codi = parser.add_argument_group("any-to-any (CoDi model folder)")
     codi.add_argument("--input", action="append", metavar="MODALITY=VALUE",
                       help="a prompt: text=STRING, image=PNG, audio=WAV, video=MP4 (repeatable, one of each)")
@@ -224,6 +229,10 @@ CODI_ONLY = ("input", "weight", "output", "guidance")
 def run(args) -> int:
     from training import generate_codi  # the any-to-any path (CoDi model folders)
 
+    if getattr(args, "cascade", False):
+        from training import generate_cascade
+
+        return generate_cascade.run(args)
     if generate_codi.is_codi_folder(args.checkpoint):
         return generate_codi.run(args)
     given = [f"--{name}" for name in CODI_ONLY if getattr(args, name, None)] + (

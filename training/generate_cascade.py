@@ -1,0 +1,144 @@
+"""`codiray generate --cascade`: text → video through the Imagen-Video cascade a schedule run trained.
+
+    codiray generate --cascade --checkpoint runs/codi --prompt "a red circle moving left" --frames 8 --size 32
+
+``--checkpoint`` is a schedule run folder (its ``schedule.json``): the base is the latest finished
+``distillation`` stage with a cascade teacher (the fewest-step student: its ``sampling_steps`` are the
+base's steps) or else the ``cascade_base`` stage, followed by ``cascade_tsr`` and ``cascade_ssr`` when the
+run has them; or one stage's checkpoint folder (``cascade_config.json`` beside the weights, the stage's
+``train_config.yaml`` one level up), sampled alone. ``--frames`` and
+``--size`` are the last stage's output: the base samples ``frames / k_TSR`` frames of ``size / s_SSR`` px.
+The prompt is embedded by the codecs the base trained on (``training.task.load_codecs``). Sampling is
+``training.cascade_sampling.sample_cascade``: DDIM η = 0 in v, each super-resolution stage conditioned
+on the previous video at the fixed sampling λ'. Each stage's video is written as an MP4, the settings as
+``generation.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.config import to_dict
+from common.errors import UsageError
+from training import generate_media as media
+from training.cascade_sampling import cascade_denoiser, sample_cascade
+from training.run_model import SCHEDULE_JSON
+from training.tasks.cascade import CASCADE_CONFIG, CascadeConfig, load_cascade
+
+ORDER = ("base", "tsr", "ssr")       # Imagen Video's chain: frames first, then pixels
+
+
+@dataclass
+class CascadeStage:
+    name: str                        # the schedule stage (or the folder's name)
+    folder: str                      # its export: cascade_config.json + weights
+    codecs_of: str                   # the checkpoint whose train_config.yaml names the codecs ("" for a bare export)
+
+
+def finished(run: Path) -> list[dict]:
+    path = run / SCHEDULE_JSON
+    try:
+        stages = json.loads(path.read_text())["stages"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"{path}: not a schedule record ({type(err).__name__}: {err})") from None
+    return sorted((s for s in stages if s.get("status") in ("done", "skipped") and s.get("checkpoint")),
+                  key=lambda s: s.get("finished") or "")
+
+
+def pick_cascade(checkpoint: str) -> list[CascadeStage]:
+    """The stages to sample, base first: from a run folder's records, or one export folder."""
+    path = Path(checkpoint).expanduser()
+    if (path / CASCADE_CONFIG).is_file():
+        return [CascadeStage(path.parent.name, str(path), str(path) if (path.parent / "train_config.yaml").is_file()
+                             else "")]
+    if not (path / SCHEDULE_JSON).is_file():
+        raise UsageError(f"--cascade --checkpoint {checkpoint}: neither a schedule run folder ({SCHEDULE_JSON}) "
+                         f"nor a cascade export ({CASCADE_CONFIG})")
+    records = finished(path)
+    by_kind: dict[str, dict] = {}
+    for r in records:                # latest finished wins
+        if r.get("kind") in ("cascade_base", "cascade_tsr", "cascade_ssr"):
+            by_kind[r["kind"].split("_", 1)[1]] = r
+    students = [r for r in records if r.get("kind") == "distillation"
+                and (Path(r["checkpoint"]) / CASCADE_CONFIG).is_file()]
+    if students:                     # the fewest-step student of the base stands in for it
+        by_kind["base"] = min(students, key=lambda r: load_steps(r["checkpoint"]))
+    if "base" not in by_kind:
+        raise UsageError(f"{path / SCHEDULE_JSON}: no finished cascade_base (or base distillation) stage to sample")
+    return [CascadeStage(by_kind[k]["name"], by_kind[k]["checkpoint"], by_kind[k]["checkpoint"])
+            for k in ORDER if k in by_kind]
+
+
+def load_steps(folder: str) -> int:
+    from training.tasks.cascade import cascade_config
+
+    return cascade_config(folder).sampling_steps
+
+
+def stage_steps(config: CascadeConfig, default: int) -> int:
+    """A distilled student samples in the steps it was distilled for; every other stage in ``default``."""
+    return config.sampling_steps or default
+
+
+def base_shape(configs: list[CascadeConfig], batch: int, frames: int, size: int) -> tuple[int, ...]:
+    """``(b, 3, f, h, w)`` the base samples so that the chain ends at ``frames`` × ``size`` px."""
+    f, s = frames, size
+    for c in configs[1:]:
+        k = c.objective.factor
+        if c.objective.kind == "tsr":
+            if f % k:
+                raise UsageError(f"--frames {frames}: must be a multiple of the TSR factor {k}")
+            f //= k
+        else:
+            if s % k:
+                raise UsageError(f"--size {size}: must be a multiple of the SSR factor {k}")
+            s //= k
+    return (batch, configs[0].unet.out_channels, f, s, s)
+
+
+def to_frames(video: torch.Tensor) -> np.ndarray:
+    """``(c, f, h, w)`` in [−1, 1] → uint8 ``(f, h, w, 3)``."""
+    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+
+
+def run(args) -> int:
+    from training.recipes_codi import stage_config
+    from training.task import load_codecs
+
+    if not args.prompt:
+        raise UsageError("generate --cascade: give at least one --prompt")
+    stages = pick_cascade(args.checkpoint)
+    if not stages[0].codecs_of:
+        raise UsageError(f"{stages[0].folder}: no train_config.yaml beside this cascade export names the codecs "
+                         "that embed the prompt; point --checkpoint at the schedule run folder")
+    loaded = [load_cascade(s.folder) for s in stages]
+    models, configs = [m.eval() for m, _ in loaded], [c for _, c in loaded]
+    prompts = [p for p in args.prompt for _ in range(args.num_per_prompt)]
+    shape = base_shape(configs, len(prompts), args.frames, args.size)
+    codecs = load_codecs(stage_config(stages[0].codecs_of).task.codecs).eval()
+    with torch.no_grad():
+        context = codecs.condition("text", prompts).float()
+        chain = [(cascade_denoiser(m, c.objective, context), c.objective) for m, c in zip(models, configs)]
+        steps = [stage_steps(c, args.steps) for c in configs]
+        videos = sample_cascade(chain, shape, steps, torch.Generator().manual_seed(args.seed))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for stage, video in zip(stages, videos):
+        for i, row in enumerate(video):
+            path = media.write_mp4(out / f"{i:03d}-{stage.name}.mp4", to_frames(row), args.fps)
+            files.append({"stage": stage.name, "prompt": prompts[i], "video": path.name,
+                          "frames": int(row.shape[1]), "size": int(row.shape[-1])})
+    record = {"checkpoint": str(args.checkpoint), "prompts": prompts, "seed": args.seed, "fps": args.fps,
+              "stages": [{"name": s.name, "export": s.folder, "steps": n, "config": to_dict(c)}
+                         for s, c, n in zip(stages, configs, steps)], "samples": files}
+    (out / "generation.json").write_text(json.dumps(record, indent=2))
+    last = videos[-1]
+    print(f"wrote {len(prompts)} cascade samples ({' → '.join(s.name for s in stages)}; last "
+          f"{last.shape[2]} frames of {last.shape[-1]} px) to {out}")
+    return 0
