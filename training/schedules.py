@@ -112,17 +112,17 @@ def demo_budget(steps: int, batch: int = 8, lr: float = 1e-3, workers: int = 1) 
                      warmup=min(20, steps // 10), log_every=25)
 
 
-# Sized from step times and quality measured per stage in one process (torch on 2 threads), on the shards
-# of the previous demo run (512 images, 256 clips, 256 sounds): the image VAE reconstructs colour, shape and position
-# (probes: 100 %) after 900 steps of 32 (at 150 steps of 8, colour 42 %, shape 59 %); the mel VAE keeps
-# pitch (100 %) from 150 steps of 16, rhythm 75 % at 900; Optimus (mean-pooled BERT) gives back 14 of 16
-# captions exactly after 500 steps of 32; CLIP separates the captions in 300 steps of 64;
-# an image LDM on those reached colour 84 %, shape 91 %, position 91 % in 600 steps of 16 (with the
-# random char-level CLIP of the session before: 3 %, 28 %, 25 %); the demo's audio LDM read pitch 75 % after
-# 800 steps of 16 (a three-level variant: 56 % after 400, 81 % after 800); the video LDM's video layers (8
-# clips a step, the image LDM's UNet frozen) read motion 25 / 38 / 44 % after 150 / 300 / 450 steps on
-# 8-frame clips at 4 fps (the whole 2-s clip), and 25-38 % at any step count up to 800 on clips at 8 fps
-# (half the motion a frame). One worker per stage: on 2 cores a Ray Train worker group takes 1-1.5 min to
+# Sized from step times and quality measured per stage in one process (torch on 2 threads), on the shards of
+# the previous demo run (512 images, 256 clips, 256 sounds): the image VAE reconstructs colour, shape and
+# position (probes: 100 %) after 900 steps of 32 (at 150 steps of 8, colour 42 %, shape 59 %); the mel VAE
+# keeps pitch (100 %) from 150 steps of 16, rhythm 75 % at 900; Optimus (mean-pooled BERT) gives back 14 of 16
+# captions exactly after 500 steps of 32; CLIP separates the captions in 300 steps of 64; an image LDM on
+# those reached colour 84 %, shape 91 %, position 91 % in 600 steps of 16 (with the random char-level CLIP of
+# the session before: 3 %, 28 %, 25 %); the demo's audio LDM read pitch 75 % after 800 steps of 16 on 128
+# sounds (a three-level variant: 56 % after 400, 81 % after 800), 100 % after 1000 on 256; the video LDM's
+# video layers (8 clips a step, the image LDM's UNet frozen) read motion 25 / 38 / 44 % after 150 / 300 / 450
+# steps on 8-frame clips at 4 fps (the whole 2-s clip), and 25-38 % at any step count up to 800 on clips at 8
+# fps (half the motion a frame). One worker per stage: on 2 cores a Ray Train worker group takes 1-1.5 min to
 # start beside another stage (processes importing torch, DeepSpeed, transformers, diffusers), so a second
 # worker costs more than it gives.
 DEMO_BUDGETS = {
