@@ -229,14 +229,17 @@ CODI_ONLY = ("input", "weight", "output", "guidance")
 def run(args) -> int:
     from training import generate_codi  # the any-to-any path (CoDi model folders)
 
+    given = [f"--{name}" for name in CODI_ONLY if getattr(args, name, None)] + (
+        ["--independent"] if getattr(args, "independent", False) else [])
     if getattr(args, "cascade", False):
         from training import generate_cascade
 
+        if given:
+            raise UsageError(f"{given[0]}: --cascade samples video from --prompt text only; any-to-any flags need "
+                             "a CoDi model folder")
         return generate_cascade.run(args)
     if generate_codi.is_codi_folder(args.checkpoint):
         return generate_codi.run(args)
-    given = [f"--{name}" for name in CODI_ONLY if getattr(args, name, None)] + (
-        ["--independent"] if getattr(args, "independent", False) else [])
     if given:
         raise UsageError(f"{given[0]}: {args.checkpoint} is a text-to-image checkpoint (no codi_config.json); "
                          "any-to-any flags need a CoDi model folder")

@@ -20,15 +20,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from common.config import to_dict
 from common.errors import UsageError
 from training import generate_media as media
 from training.cascade_sampling import cascade_denoiser, sample_cascade
-from training.run_model import SCHEDULE_JSON
-from training.tasks.cascade import CASCADE_CONFIG, CascadeConfig, load_cascade
+from training.run_model import SCHEDULE_JSON, finished_stages
+from training.step import x0_to_images
+from training.tasks.cascade import CASCADE_CONFIG, CascadeConfig, cascade_config, load_cascade
 
 ORDER = ("base", "tsr", "ssr")       # Imagen Video's chain: frames first, then pixels
 
@@ -40,16 +40,6 @@ class CascadeStage:
     codecs_of: str                   # the checkpoint whose train_config.yaml names the codecs ("" for a bare export)
 
 
-def finished(run: Path) -> list[dict]:
-    path = run / SCHEDULE_JSON
-    try:
-        stages = json.loads(path.read_text())["stages"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UsageError(f"{path}: not a schedule record ({type(err).__name__}: {err})") from None
-    return sorted((s for s in stages if s.get("status") in ("done", "skipped") and s.get("checkpoint")),
-                  key=lambda s: s.get("finished") or "")
-
-
 def pick_cascade(checkpoint: str) -> list[CascadeStage]:
     """The stages to sample, base first: from a run folder's records, or one export folder."""
     path = Path(checkpoint).expanduser()
@@ -59,7 +49,7 @@ def pick_cascade(checkpoint: str) -> list[CascadeStage]:
     if not (path / SCHEDULE_JSON).is_file():
         raise UsageError(f"--cascade --checkpoint {checkpoint}: neither a schedule run folder ({SCHEDULE_JSON}) "
                          f"nor a cascade export ({CASCADE_CONFIG})")
-    records = finished(path)
+    records = finished_stages(path)
     by_kind: dict[str, dict] = {}
     for r in records:                # latest finished wins
         if r.get("kind") in ("cascade_base", "cascade_tsr", "cascade_ssr"):
@@ -67,17 +57,11 @@ def pick_cascade(checkpoint: str) -> list[CascadeStage]:
     students = [r for r in records if r.get("kind") == "distillation"
                 and (Path(r["checkpoint"]) / CASCADE_CONFIG).is_file()]
     if students:                     # the fewest-step student of the base stands in for it
-        by_kind["base"] = min(students, key=lambda r: load_steps(r["checkpoint"]))
+        by_kind["base"] = min(students, key=lambda r: cascade_config(r["checkpoint"]).sampling_steps)
     if "base" not in by_kind:
         raise UsageError(f"{path / SCHEDULE_JSON}: no finished cascade_base (or base distillation) stage to sample")
     return [CascadeStage(by_kind[k]["name"], by_kind[k]["checkpoint"], by_kind[k]["checkpoint"])
             for k in ORDER if k in by_kind]
-
-
-def load_steps(folder: str) -> int:
-    from training.tasks.cascade import cascade_config
-
-    return cascade_config(folder).sampling_steps
 
 
 def stage_steps(config: CascadeConfig, default: int) -> int:
@@ -101,11 +85,6 @@ def base_shape(configs: list[CascadeConfig], batch: int, frames: int, size: int)
     return (batch, configs[0].unet.out_channels, f, s, s)
 
 
-def to_frames(video: torch.Tensor) -> np.ndarray:
-    """``(c, f, h, w)`` in [−1, 1] → uint8 ``(f, h, w, 3)``."""
-    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
-
-
 def run(args) -> int:
     from training.recipes_codi import stage_config
     from training.task import load_codecs
@@ -114,8 +93,8 @@ def run(args) -> int:
         raise UsageError("generate --cascade: give at least one --prompt")
     stages = pick_cascade(args.checkpoint)
     if not stages[0].codecs_of:
-        raise UsageError(f"{stages[0].folder}: no train_config.yaml beside this cascade export names the codecs "
-                         "that embed the prompt; point --checkpoint at the schedule run folder")
+        raise UsageError(f"{stages[0].folder}: no train_config.yaml one level up names the codecs that embed "
+                         "the prompt; point --checkpoint at the schedule run folder")
     loaded = [load_cascade(s.folder) for s in stages]
     models, configs = [m.eval() for m, _ in loaded], [c for _, c in loaded]
     prompts = [p for p in args.prompt for _ in range(args.num_per_prompt)]
@@ -131,7 +110,7 @@ def run(args) -> int:
     files = []
     for stage, video in zip(stages, videos):
         for i, row in enumerate(video):
-            path = media.write_mp4(out / f"{i:03d}-{stage.name}.mp4", to_frames(row), args.fps)
+            path = media.write_mp4(out / f"{i:03d}-{stage.name}.mp4", x0_to_images(row.transpose(0, 1)), args.fps)
             files.append({"stage": stage.name, "prompt": prompts[i], "video": path.name,
                           "frames": int(row.shape[1]), "size": int(row.shape[-1])})
     record = {"checkpoint": str(args.checkpoint), "prompts": prompts, "seed": args.seed, "fps": args.fps,

@@ -24,21 +24,28 @@ def is_run_folder(uri: str) -> bool:
     return (Path(uri).expanduser() / SCHEDULE_JSON).is_file()
 
 
-def pick_stages(run: Path) -> dict[str, dict]:
-    """UNet name → the stage record that provides it (latest ``finished`` wins)."""
-    from training.task import codi_config
-
+def finished_stages(run: Path) -> list[dict]:
+    """The stage records of ``run/schedule.json`` that finished (done, or skipped on a rerun) with a
+    checkpoint, earliest finished first."""
     path = run / SCHEDULE_JSON
     try:
         stages = json.loads(path.read_text())["stages"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UsageError(f"{path}: not a schedule record ({type(err).__name__}: {err})") from None
-    usable = [s for s in stages if s.get("kind") in MODEL_KINDS and s.get("status") in ("done", "skipped")
-              and s.get("checkpoint")]
+    return sorted((s for s in stages if s.get("status") in ("done", "skipped") and s.get("checkpoint")),
+                  key=lambda s: s.get("finished") or "")
+
+
+def pick_stages(run: Path) -> dict[str, dict]:
+    """UNet name → the stage record that provides it (latest ``finished`` wins)."""
+    from training.task import codi_config
+
+    usable = [s for s in finished_stages(run) if s.get("kind") in MODEL_KINDS]
     if not usable:
-        raise UsageError(f"{path}: no finished ldm or latent_alignment stage with a checkpoint — nothing to generate with")
+        raise UsageError(f"{run / SCHEDULE_JSON}: no finished ldm or latent_alignment stage with a checkpoint — "
+                         "nothing to generate with")
     picked: dict[str, dict] = {}
-    for record in sorted(usable, key=lambda s: s.get("finished") or ""):
+    for record in usable:
         for unet in codi_config(record["checkpoint"]).specs():
             picked[unet] = record
     return picked

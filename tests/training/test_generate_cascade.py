@@ -50,7 +50,26 @@ def test_cascade_cli_samples_student_then_tsr_then_ssr(codi_demo_debug, tmp_path
                                                         frames_of(tmp_path / "c", other, "cascade_ssr")))
 
 
-def test_cascade_cli_refuses_what_it_cannot_sample(tmp_path):
+def cascade_config(kind, factor=2):
+    from models.codi.config import UNetSpec
+    from training.tasks.cascade import CascadeConfig, CascadeObjective, cascade_spec
+
+    spec = UNetSpec(in_channels=3, out_channels=3, model_channels=64, channel_mult=[1], num_res_blocks=[1],
+                    attention_levels=[False], num_heads=2, context_dim=8, video=True, connectors=False)
+    return CascadeConfig(cascade_spec(spec, kind), CascadeObjective(kind=kind, factor=factor))
+
+
+def test_cascade_cli_refuses_what_it_cannot_sample(tmp_path, capsys):
+    from training.tasks.cascade import CascadeDenoiser, save_cascade
+
+    bare = tmp_path / "bare"         # an export with no stage's train_config.yaml one level up: no codecs
+    config = cascade_config("base")
+    save_cascade(bare, CascadeDenoiser(config.unet).state_dict(), config)
+    assert cli.main(["generate", "--cascade", "--checkpoint", str(bare), "--prompt", "a red circle", "--size", "8"]) == 2
+    assert "train_config.yaml one level up names the codecs" in capsys.readouterr().err
+    assert cli.main(["generate", "--cascade", "--checkpoint", str(bare), "--prompt", "x", "--output", "audio"]) == 2
+    err = capsys.readouterr().err
+    assert "--output: --cascade samples video from --prompt text only" in err and len(err.strip().splitlines()) == 1
     (tmp_path / "schedule.json").write_text(json.dumps({"stages": [
         {"name": "image_ldm", "kind": "ldm", "status": "done", "checkpoint": str(tmp_path), "finished": "x"}]}))
     with pytest.raises(UsageError, match="no finished cascade_base"):
@@ -60,15 +79,7 @@ def test_cascade_cli_refuses_what_it_cannot_sample(tmp_path):
 
 
 def test_base_shape_divides_by_each_super_resolution_factor():
-    from models.codi.config import UNetSpec
-    from training.tasks.cascade import CascadeConfig, CascadeObjective, cascade_spec
-
-    def config(kind, factor=2):
-        spec = UNetSpec(in_channels=3, out_channels=3, model_channels=64, channel_mult=[1], num_res_blocks=[1],
-                        attention_levels=[False], num_heads=2, context_dim=8, video=True, connectors=False)
-        return CascadeConfig(cascade_spec(spec, kind), CascadeObjective(kind=kind, factor=factor))
-
-    chain = [config("base"), config("tsr", 2), config("ssr", 4)]
+    chain = [cascade_config("base"), cascade_config("tsr", 2), cascade_config("ssr", 4)]
     assert base_shape(chain, 3, 8, 64) == (3, 3, 4, 16, 16)
     with pytest.raises(UsageError, match="--frames 7"):
         base_shape(chain, 1, 7, 64)

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Mapping, Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors, save_file
 from torch import Tensor, nn
 
 from common import storage
@@ -204,32 +203,23 @@ def save_cascade(directory: Path, state: dict[str, Tensor], config: CascadeConfi
 def cascade_config(folder: str) -> CascadeConfig:
     """The ``CascadeConfig`` of an export folder (local or ``s3://``), without reading the weights."""
     path = storage.join(str(folder), CASCADE_CONFIG)
-    if not (storage.exists(path) if storage.is_remote(folder) else Path(path).is_file()):
+    if not storage.exists(path):
         raise UsageError(f"{path}: not found — not a cascade export (a cascade or base_distillation stage's "
                          "checkpoint folder)")
-    text = storage.read_bytes(path).decode() if storage.is_remote(folder) else Path(path).read_text()
-    return from_dict(CascadeConfig, json.loads(text), source=path)
+    return from_dict(CascadeConfig, json.loads(storage.read_bytes(path).decode()), source=path)
 
 
-def load_cascade(folder: str, weights_name: str = WEIGHTS_NAME,
-                 map_location: str = "cpu") -> tuple[CascadeDenoiser, CascadeConfig]:
+def load_cascade(folder: str, weights_name: str = WEIGHTS_NAME) -> tuple[CascadeDenoiser, CascadeConfig]:
     """(the ``CascadeDenoiser``, its ``CascadeConfig``) of an export folder, local or ``s3://``; a missing
     config or weights file, or weights that do not fit the config's UNet, is one line naming the file."""
     config = cascade_config(folder)
     path = storage.join(str(folder), weights_name)
+    if not storage.exists(path):
+        raise UsageError(f"{path}: not found — the cascade export has no {weights_name}")
     model = CascadeDenoiser(config.unet)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = path
-        if storage.is_remote(folder):
-            if not storage.exists(path):
-                raise UsageError(f"{path}: not found — the cascade export has no {weights_name}")
-            local = str(Path(tmp) / weights_name)
-            Path(local).write_bytes(storage.read_bytes(path))
-        elif not Path(path).is_file():
-            raise UsageError(f"{path}: not found — the cascade export has no {weights_name}")
-        try:
-            model.load_state_dict(load_file(local, device=map_location), strict=True)
-        except Exception as err:  # safetensors header errors, missing/unexpected/mis-shaped tensors
-            problem = " ".join(str(err).split())[:300]
-            raise UsageError(f"{path}: does not fit {CASCADE_CONFIG}'s UNet ({type(err).__name__}: {problem})") from None
+    try:
+        model.load_state_dict(load_safetensors(storage.read_bytes(path)), strict=True)
+    except Exception as err:  # safetensors header errors, missing/unexpected/mis-shaped tensors
+        problem = " ".join(str(err).split())[:300]
+        raise UsageError(f"{path}: does not fit {CASCADE_CONFIG}'s UNet ({type(err).__name__}: {problem})") from None
     return model, config
