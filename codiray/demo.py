@@ -7,7 +7,8 @@
       -> codiray eval                          (classical probes decode every output: metrics.json)
       -> codiray report                        (report.html: samples, players, the DAG, loss curves, metrics)
 
-Ray starts in-process; a local folder stands in for the bucket. Running it again with the same
+Ray starts in-process (or joins the cluster the driver is connected to); a local folder stands in for the
+bucket unless ``storage`` names an ``s3://`` one. Running it again with the same
 ``--out`` reuses the corpus and shards, skips the finished stages and regenerates.
 ``codiray demo --text-to-image`` runs the first slice instead (codiray/demo_t2i.py).
 """
@@ -60,6 +61,9 @@ class DemoConfig:
         audio=AudioConfig(sample_rate=16000, seconds=2.0, min_seconds=0.5, keep_waveform=True),
         shards=ShardConfig(samples_per_shard=128)))
     schedule: str = "codi_demo"
+    # where shards and runs go: "" = <out>/bucket, a local folder standing in for the bucket; or an s3:// URI
+    # (prepare.s3 names its endpoint; every stage and the report read and write it there)
+    storage: str = ""
     train_overrides: list[str] = field(default_factory=list)   # STAGE:key=value or key=value (all stages)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
@@ -91,20 +95,21 @@ def make_world(cfg: DemoConfig, root: Path) -> dict:
     return {s: {k: Path(v) for k, v in c.items()} for s, c in json.loads(done.read_text()).items()}
 
 
-def prepare_all(cfg: DemoConfig, corpora: dict, shards: Path) -> dict[str, str]:
+def prepare_all(cfg: DemoConfig, corpora: dict, shards: str) -> dict[str, str]:
+    from common import storage
     from pipelines.cli import prepare
 
     data = {}
     for style in STYLES:
-        out = shards / style
-        if not (out / "manifest.json").is_file():
-            manifest = prepare(style, str(corpora[style]["metadata"]), str(corpora[style]["media"]), str(out),
-                               cfg.prepare)
+        out = storage.join(shards, style)
+        manifest_uri = storage.join(out, "manifest.json")
+        if not storage.exists(manifest_uri, cfg.prepare.s3):
+            manifest = prepare(style, str(corpora[style]["metadata"]), str(corpora[style]["media"]), out, cfg.prepare)
         else:
-            manifest = json.loads((out / "manifest.json").read_text())
+            manifest = json.loads(storage.read_bytes(manifest_uri, cfg.prepare.s3))
         say(f"      {style}: {manifest.get('written', manifest.get('samples'))} samples, "
             f"{manifest.get('dropped', 0)} dropped -> {out}")
-        data[style] = str(out)
+        data[style] = out
     return data
 
 
@@ -139,6 +144,7 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict:
     """Every step into ``out``; returns where each result went and how long each step took."""
     from codiray.evaluate import evaluate
     from codiray.report import write_report
+    from common import storage
     from training.launch import link_ray_logs
     from training.orchestrator import run_schedule
     from training.run_model import describe, model_from_run
@@ -148,6 +154,8 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict:
         raise UsageError(f"schedule: unknown schedule {cfg.schedule!r} (one of {', '.join(sorted(SCHEDULES))})")
     out = out.resolve()
     bucket = out / "bucket"
+    root = cfg.storage or str(bucket)     # shards and runs
+    s3 = cfg.prepare.s3
     save_config(cfg, out / "demo_config.yaml")
     timings: dict[str, float] = {}
 
@@ -162,20 +170,20 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict:
     ensure_ray(num_cpus=4, log_to_driver=False, logging_level=logging.WARNING)
     ray_logs = link_ray_logs(out)
     say("[2/6] prepare (Ray Data -> WebDataset shards):")
-    data = prepare_all(cfg, corpora, bucket / "shards")
+    data = prepare_all(cfg, corpora, storage.join(root, "shards"))
     timings["prepare_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    runs = bucket / "runs"
-    say(f"[3/6] train: schedule {cfg.schedule} -> {runs / SCHEDULE_NAME} (schedule.json, one folder per stage)")
-    run_schedule(SCHEDULES[cfg.schedule], SCHEDULE_NAME, str(runs), data=data, overrides=list(cfg.train_overrides))
+    runs = storage.join(root, "runs")
+    run = storage.join(runs, SCHEDULE_NAME)
+    say(f"[3/6] train: schedule {cfg.schedule} -> {run} (schedule.json, one folder per stage)")
+    run_schedule(SCHEDULES[cfg.schedule], SCHEDULE_NAME, runs, data=data, overrides=list(cfg.train_overrides), s3=s3)
     timings["train_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    run = runs / SCHEDULE_NAME
-    model = model_from_run(run)
+    model = model_from_run(run, s3)
     model_dir = model.save_pretrained(out / "model")
-    say(f"[4/6] model: {model_dir} ({describe(run)}); generating every task:")
+    say(f"[4/6] model: {model_dir} ({describe(run, s3)}); generating every task:")
     generations = generate_all(model, cfg, out / "generations")
     timings["generate_s"] = time.perf_counter() - started
 
@@ -193,11 +201,11 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict:
     for pair, scores in sorted(metrics.get("sim", {}).items()):
         say(f"      SIM {pair}: " + ", ".join(f"{k} {v if v is None else round(v, 3)}"
                                              for k, v in sorted(scores.items())))
-    report = write_report(out / "report", generations, metrics_path, run / "schedule.json")
+    report = write_report(out / "report", generations, metrics_path, storage.join(run, "schedule.json"), s3)
     timings["evaluate_s"] = time.perf_counter() - started
     say(f"[6/6] report: {report}")
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
-    return {"data": data, "run": str(run), "model": str(model_dir), "generations": str(generations),
+    return {"data": data, "run": run, "model": str(model_dir), "generations": str(generations),
             "metrics": str(metrics_path), "report": str(report), "timings": timings,
             "ray_logs": str(ray_logs) if ray_logs else None}
 

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from common import storage
 from common.errors import UsageError
+from common.storage import S3Config
 
 REPORT_HTML = "report.html"
 ASSETS = "assets"
@@ -64,13 +66,14 @@ def run(args) -> int:
     return 0
 
 
-def write_report(out_dir, generations_dir, metrics_path, schedule_path=None) -> Path:
-    """Write ``out_dir/report.html`` (+ ``out_dir/assets/``); returns its path. Bad input: UsageError."""
+def write_report(out_dir, generations_dir, metrics_path, schedule_path=None, s3: S3Config | None = None) -> Path:
+    """Write ``out_dir/report.html`` (+ ``out_dir/assets/``); returns its path. ``schedule_path`` (and the run
+    folders it names) may be local or ``s3://``. Bad input: UsageError."""
     from codiray.evaluate import read_samples
 
     out, generations = Path(out_dir), Path(generations_dir)
     samples = read_samples(generations)
-    metrics = read_json(Path(metrics_path))
+    metrics = read_json(metrics_path)
     if not isinstance(metrics.get("tasks"), dict):
         raise UsageError(f"{metrics_path}: 'tasks' must be an object of task -> scores (a `codiray eval` metrics.json)")
     (out / ASSETS).mkdir(parents=True, exist_ok=True)
@@ -78,18 +81,19 @@ def write_report(out_dir, generations_dir, metrics_path, schedule_path=None) -> 
              f" · metrics: <code>{esc(str(metrics_path))}</code></p>",
              metrics_section(metrics)]
     if schedule_path is not None:
-        parts.append(schedule_section(Path(schedule_path)))
+        parts.append(schedule_section(str(schedule_path), s3))
     parts.append(samples_section(samples, generations, out))
     path = out / REPORT_HTML
     path.write_text(page("codiray report", "\n".join(parts)), encoding="utf-8")
     return path
 
 
-def read_json(path: Path) -> dict:
-    if not path.is_file():
+def read_json(path, s3: S3Config | None = None) -> dict:
+    """A JSON object from a local path or ``s3://`` URI."""
+    if not storage.exists(str(path), s3):
         raise UsageError(f"{path}: not found")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(storage.read_bytes(str(path), s3).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
         raise UsageError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(doc, dict):
@@ -160,8 +164,8 @@ def metrics_section(metrics: dict) -> str:
 
 # --- schedule -----------------------------------------------------------------------------------
 
-def read_stages(path: Path) -> list[dict]:
-    doc = read_json(path)
+def read_stages(path: str, s3: S3Config | None = None) -> list[dict]:
+    doc = read_json(path, s3)
     stages = doc.get("stages")
     if not isinstance(stages, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in stages):
         raise UsageError(f"{path}: 'stages' must be a list of objects with a 'name'")
@@ -231,10 +235,11 @@ def dag_svg(stages: list[dict], where: Path) -> str:
     return "".join(parts)
 
 
-def read_losses(path: Path) -> list[tuple[int, float]]:
-    """(step, loss) from a scalars.jsonl, sorted by step; a step logged twice (a resumed run) keeps its last value."""
+def read_losses(path: str, s3: S3Config | None = None) -> list[tuple[int, float]]:
+    """(step, loss) from a scalars.jsonl (local or ``s3://``), sorted by step; a step logged twice (a resumed
+    run) keeps its last value."""
     losses: dict[int, float] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(storage.read_bytes(path, s3).decode("utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -262,16 +267,19 @@ def loss_svg(points: list[tuple[int, float]], width: int = 360, height: int = 16
             f"<text x={width - right} y={height - 8} text-anchor=end font-size=11>step {s1}</text></svg>")
 
 
-def stage_card(stage: dict, root: Path) -> str:
+def stage_card(stage: dict, root: str, s3: S3Config | None = None) -> str:
+    """One stage's facts and loss curve (``<run dir>/tensorboard/scalars.jsonl``; a relative run dir is
+    taken relative to ``root``, the folder of schedule.json)."""
     run_dir = str(stage.get("run_dir") or "")
     curve = "<p class=na>no run folder recorded</p>"
-    if "://" in run_dir:
-        curve = f"<p class=na>loss curve not drawn: run folder {esc(run_dir)} is not local</p>"
-    elif run_dir:
-        folder = Path(run_dir) if Path(run_dir).is_absolute() else root / run_dir
-        scalars = folder / "tensorboard" / "scalars.jsonl"
-        points = read_losses(scalars) if scalars.is_file() else []
-        curve = loss_svg(points) if points else f"<p class=na>no losses logged in {esc(str(scalars))}</p>"
+    if run_dir:
+        folder = run_dir if storage.is_remote(run_dir) or Path(run_dir).is_absolute() else storage.join(root, run_dir)
+        scalars = storage.join(folder, "tensorboard", "scalars.jsonl")
+        try:
+            points = read_losses(scalars, s3) if storage.exists(scalars, s3) else []
+            curve = loss_svg(points) if points else f"<p class=na>no losses logged in {esc(scalars)}</p>"
+        except storage.StorageError as err:   # an unreachable store costs the curve, not the report
+            curve = f"<p class=na>loss curve not read: {esc(str(err))}</p>"
     facts = [("kind", stage.get("kind")), ("status", stage.get("status")), ("started", stage.get("started")),
              ("finished", stage.get("finished")), ("needs", ", ".join(stage.get("needs") or []) or None),
              ("reason", stage.get("reason")), ("checkpoint", stage.get("checkpoint"))]
@@ -281,11 +289,11 @@ def stage_card(stage: dict, root: Path) -> str:
             f"<table class=facts>{rows}</table>{curve}</div>")
 
 
-def schedule_section(path: Path) -> str:
-    stages = read_stages(path)
-    doc = read_json(path)
+def schedule_section(path: str, s3: S3Config | None = None) -> str:
+    stages = read_stages(path, s3)
+    doc = read_json(path, s3)
     legend = " ".join(f"<span class=swatch style='background:{c}'></span>{s}" for s, c in STATUS_COLOURS.items())
-    cards = "".join(stage_card(s, path.parent) for s in stages)
+    cards = "".join(stage_card(stage, storage.parent(path), s3) for stage in stages)
     return (f"<h2 id=schedule>Schedule {esc(str(doc.get('name', '')))}</h2>\n<p class=meta>{esc(str(path))} · "
             f"updated {esc(str(doc.get('updated', '?')))} · {legend}</p>\n{dag_svg(stages, path)}\n"
             f"<div class=stages>{cards}</div>")

@@ -7,13 +7,16 @@ the endpoint comes from config or ``AWS_ENDPOINT_URL``. Nothing here logs or sto
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -182,6 +185,66 @@ def list_dirs(uri: str, s3: S3Config | None = None) -> list[str]:
     """Sorted URIs of the folders directly under ``uri`` (S3: the common prefixes)."""
     _, infos = _entries(uri, s3, recursive=False)
     return [join(str(uri), name) for name in sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)]
+
+
+def parent(uri: str) -> str:
+    """The folder holding ``uri`` (``s3://b/run/checkpoint_1`` -> ``s3://b/run``; ``name`` -> ``.``)."""
+    head, sep, _ = str(uri).rstrip("/").rpartition("/")
+    return (head or "/") if sep else "."
+
+
+def cache_root() -> Path:
+    """Where ``local_copy`` keeps downloads: ``$CODIRAY_CACHE`` or ``~/.cache/codiray``, then ``objects/``."""
+    return Path(os.environ.get("CODIRAY_CACHE") or Path.home() / ".cache" / "codiray").expanduser() / "objects"
+
+
+def local_copy(uri: str, s3: S3Config | None = None, names: Sequence[str] = ()) -> str:
+    """A local path holding what ``uri`` holds: a local path as it is; an ``s3://`` file or folder (every
+    object under its prefix, or only the top-level files and folders in ``names``: a checkpoint's export
+    without its optimizer shards) downloaded once into ``cache_root()/<hash of endpoint, URI, names>/<last name>``.
+
+    For what a run writes once and never rewrites in place (stage exports, checkpoints, a schedule's codecs
+    folder): loaders that need files on disk (safetensors memory maps, tokenizer folders) read remote
+    exports through here. Concurrent callers on one node are safe: each downloads into a temporary sibling
+    and renames it into place; a loser's copy is dropped."""
+    if not is_remote(uri):
+        return str(Path(uri).expanduser())
+    uri = str(uri).rstrip("/")
+    key = hashlib.sha256(f"{endpoint_of(s3)}|{uri}|{sorted(names)}".encode()).hexdigest()[:24]
+    target = cache_root() / key / uri.rsplit("/", 1)[-1]
+    if target.exists():
+        return str(target)
+    fs, path = resolve(uri, s3)
+    kind = with_retries(f"checking {uri}", lambda: fs.get_file_info(path).type, s3)
+    files = [uri] if kind == pafs.FileType.File else [
+        f for f in list_files(uri, s3=s3, recursive=True) if not names or f[len(uri) + 1:].split("/")[0] in names]
+    if not files:
+        raise FileNotFoundError(f"{uri}: no such object or folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
+    try:
+        staged = tmp / target.name
+        for file in files:
+            dest = staged if kind == pafs.FileType.File else staged / file[len(uri) + 1:]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(read_bytes(file, s3))
+        try:
+            os.rename(staged, target)
+        except OSError:
+            if not target.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def upload_folder(folder: str | Path, uri: str, s3: S3Config | None = None, last: str = "") -> None:
+    """Every file under the local ``folder`` to ``uri/<relative path>``; ``last`` (a relative path) goes
+    up after all the others, so its presence means the upload is complete."""
+    folder = Path(folder)
+    files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.relative_to(folder).as_posix() == last)
+    for file in files:
+        write_bytes(join(uri, file.relative_to(folder).as_posix()), file.read_bytes(), s3)
 
 
 def require_bucket(uri: str, s3: S3Config | None = None) -> None:

@@ -39,11 +39,11 @@ def ray_local():
     """An in-process Ray with more logical CPUs than Train workers take (else Ray Data starves)."""
     import ray
 
+    from ray_nodes import start_local_ray
+
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "HOME": str(_HOME),
-                                       "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}})
+    start_local_ray()
     yield ray
     ray.shutdown()
 
@@ -71,13 +71,38 @@ def bucket(s3_endpoint, request):
 
 
 @pytest.fixture(scope="session")
-def codi_demo_debug(ray_local, tmp_path_factory):
+def codi_demo_debug(s3_endpoint, tmp_path_factory):
     """One ``codiray demo --debug`` run (toy world, four prepare jobs, ``codi_debug``'s 18 stages, every
-    generation task, eval, report), shared by the demo's and the schedule's tests: (out, paths)."""
+    generation task, eval, report), shared by the demo's and the schedule's tests, run as on a real cluster:
+    a Ray of three nodes on this machine (a head with no CPUs; node A; node B carrying the custom resource
+    that the GPU-pool stages request) with shards and runs in an S3 bucket (moto), the only storage the
+    nodes share. Returns (out, paths): ``paths`` as ``run_demo`` returns them, plus ``s3`` (the store's
+    S3Config) and ``cluster`` (node ids, and Ray's own records of where every worker bundle and Ray Train
+    worker was placed, read before the cluster goes)."""
+    import boto3
+    import dataclasses
+
     import torch
 
     from codiray.demo import debug_config, run_demo
+    from common.runtime import LOCAL_RAY_ENV
+    from common.storage import S3Config
+    from ray_nodes import GPU_POOL, L40S, placements, ray_nodes, train_worker_nodes
 
     out = tmp_path_factory.mktemp("codi_demo")
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="codi-demo")
+    s3 = S3Config(endpoint_url=s3_endpoint)
+    cfg = debug_config()
+    cfg = dataclasses.replace(cfg, storage="s3://codi-demo", prepare=dataclasses.replace(cfg.prepare, s3=s3),
+                              train_overrides=[f"{s}:scaling.worker.accelerator_type=L40S" for s in GPU_POOL])
     torch.set_num_threads(1)
-    return out, run_demo(debug_config(), out)
+    for name, value in LOCAL_RAY_ENV.items():   # the nodes inherit them (as ensure_ray's own Ray does)
+        os.environ.setdefault(name, value)
+    # 5 CPUs: two stages (1.5 each) in flight beside Ray Data's reads, as on the 4-CPU in-process Ray; on any
+    # placement of two stages some node keeps a whole CPU free for a read task (B holds one stage at most)
+    with ray_nodes({"num_cpus": 3}, {"num_cpus": 2, "resources": {L40S: 1}}) as nodes:
+        paths = run_demo(cfg, out)
+        paths["cluster"] = {"head": nodes["head"], "A": nodes["nodes"][0], "B": nodes["nodes"][1],
+                            "placements": placements(), "train_workers": train_worker_nodes()}
+    paths["s3"] = s3
+    return out, paths

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from models.codecs import WEIGHTS_FILE
+
 WORDS = ("a an the red blue green small big dog cat bird fish car boat tree house runs sits flies swims "
          "drives sails grows stands on in under near park lake road sky sea garden").split()  # sizes fit debug()'s vocabularies
 
@@ -156,7 +158,7 @@ def ensure_debug_codecs(directory: str | Path, seed: int = 0, variant: str = "de
     if variant not in VARIANTS:
         raise ValueError(f"unknown codecs variant {variant!r} (one of {', '.join(VARIANTS)})")
     directory = Path(directory)
-    if (directory / "model.safetensors").is_file():
+    if (directory / WEIGHTS_FILE).is_file():
         return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".debug_codecs-", dir=directory.parent))
@@ -169,7 +171,7 @@ def ensure_debug_codecs(directory: str | Path, seed: int = 0, variant: str = "de
         try:
             os.rename(tmp / "codecs", directory)
         except OSError:
-            if not (directory / "model.safetensors").is_file():
+            if not (directory / WEIGHTS_FILE).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

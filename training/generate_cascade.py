@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
+from common import storage
 from common.config import to_dict
 from common.errors import UsageError
 from training import generate_media as media
 from training.cascade_sampling import cascade_denoiser, sample_cascade
-from training.run_model import SCHEDULE_JSON, finished_stages
+from training.run_model import SCHEDULE_JSON, finished_stages, is_run_folder, run_uri
 from training.step import x0_to_images
 from training.tasks.cascade import CASCADE_CONFIG, CascadeConfig, cascade_config, load_cascade
 
@@ -41,12 +42,12 @@ class CascadeStage:
 
 
 def pick_cascade(checkpoint: str) -> list[CascadeStage]:
-    """The stages to sample, base first: from a run folder's records, or one export folder."""
-    path = Path(checkpoint).expanduser()
-    if (path / CASCADE_CONFIG).is_file():
-        return [CascadeStage(path.parent.name, str(path), str(path) if (path.parent / "train_config.yaml").is_file()
-                             else "")]
-    if not (path / SCHEDULE_JSON).is_file():
+    """The stages to sample, base first: from a run folder's records, or one export folder (local or ``s3://``)."""
+    path = run_uri(checkpoint)
+    if storage.exists(storage.join(path, CASCADE_CONFIG)):
+        beside = storage.exists(storage.join(storage.parent(path), "train_config.yaml"))
+        return [CascadeStage(storage.parent(path).rsplit("/", 1)[-1], path, path if beside else "")]
+    if not is_run_folder(path):
         raise UsageError(f"--cascade --checkpoint {checkpoint}: neither a schedule run folder ({SCHEDULE_JSON}) "
                          f"nor a cascade export ({CASCADE_CONFIG})")
     records = finished_stages(path)
@@ -55,11 +56,11 @@ def pick_cascade(checkpoint: str) -> list[CascadeStage]:
         if r.get("kind") in ("cascade_base", "cascade_tsr", "cascade_ssr"):
             by_kind[r["kind"].split("_", 1)[1]] = r
     students = [r for r in records if r.get("kind") == "distillation"
-                and (Path(r["checkpoint"]) / CASCADE_CONFIG).is_file()]
+                and storage.exists(storage.join(r["checkpoint"], CASCADE_CONFIG))]
     if students:                     # the fewest-step student of the base stands in for it
         by_kind["base"] = min(students, key=lambda r: cascade_config(r["checkpoint"]).sampling_steps)
     if "base" not in by_kind:
-        raise UsageError(f"{path / SCHEDULE_JSON}: no finished cascade_base (or base distillation) stage to sample")
+        raise UsageError(f"{storage.join(path, SCHEDULE_JSON)}: no finished cascade_base (or base distillation) stage to sample")
     return [CascadeStage(by_kind[k]["name"], by_kind[k]["checkpoint"], by_kind[k]["checkpoint"])
             for k in ORDER if k in by_kind]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -55,39 +54,21 @@ class Request:
 
 
 def is_codi_folder(uri: str) -> bool:
-    """A CoDi model folder (local or ``s3://``) or a local schedule run folder (``schedule.json``)."""
-    from training.run_model import is_run_folder
+    """A CoDi model folder or a schedule run folder (``schedule.json``), local or ``s3://``."""
+    from training.run_model import is_run_folder, run_uri
 
-    if storage.is_remote(uri):
-        return storage.exists(storage.join(uri, CODI_CONFIG))
-    return (Path(uri).expanduser() / CODI_CONFIG).is_file() or is_run_folder(uri)
-
-
-def local_model_folder(uri: str, tmp: str) -> Path:
-    """The CoDi folder itself, or an ``s3://`` one downloaded (weights, config, codecs/) into ``tmp``."""
-    if not storage.is_remote(uri):
-        return Path(uri).expanduser()
-    root = Path(tmp)
-    for name in (CODI_WEIGHTS, CODI_CONFIG):
-        (root / name).write_bytes(storage.read_bytes(storage.join(uri, name)))
-    remote_codecs = storage.join(uri, CODECS_DIR)
-    prefix = remote_codecs.rstrip("/") + "/"
-    for file in storage.list_files(remote_codecs, recursive=True):
-        target = root / CODECS_DIR / file[len(prefix):]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(storage.read_bytes(file))
-    return root
+    return storage.exists(storage.join(run_uri(uri), CODI_CONFIG)) or is_run_folder(uri)
 
 
 def load_model(uri: str) -> CoDi:
-    """The CoDi model of a folder, with its codecs (``CoDi.from_pretrained`` reads ``codecs/``), or the
-    model a schedule run folder trained (training/run_model.py)."""
+    """The CoDi model of a folder (local or ``s3://``, read through ``storage.local_copy``), with its codecs
+    (``CoDi.from_pretrained`` reads ``codecs/``), or the model a schedule run folder trained
+    (training/run_model.py)."""
     from training.run_model import is_run_folder, model_from_run
 
-    if not storage.is_remote(uri) and is_run_folder(uri):
+    if is_run_folder(uri):
         return model_from_run(uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = CoDi.from_pretrained(local_model_folder(uri, tmp))
+    model = CoDi.from_pretrained(storage.local_copy(uri, names=(CODI_WEIGHTS, CODI_CONFIG, CODECS_DIR)))
     if model.codecs is None:
         raise UsageError(f"{uri}: no {CODECS_DIR}/ folder — a CoDi model needs its codecs to read prompts "
                          "and decode outputs (save it as CoDi(config, codecs))")

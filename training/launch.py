@@ -74,18 +74,28 @@ def check_text_to_image_data(cfg: TrainConfig, manifest: dict) -> None:
 
 
 def resolve_debug_codecs(cfg: TrainConfig) -> TrainConfig:
-    """A CoDi stage on ``task.codecs.path: debug`` gets the debug codecs folder, written once under its
-    storage path (``<storage_path>/debug_codecs``: every stage of a schedule shares it)."""
-    from training.debug_codecs import VARIANTS, ensure_debug_codecs
+    """A CoDi stage on ``task.codecs.path: debug`` (or ``toy``) gets that codecs folder, written once under
+    its storage path (``<storage_path>/<variant>_codecs``: every stage of a schedule shares it). On
+    ``s3://`` storage it is built in the local cache and uploaded, ``model.safetensors`` last (its presence
+    marks a complete folder; concurrent stages write identical seeded files)."""
+    from training.debug_codecs import VARIANTS, WEIGHTS_FILE, ensure_debug_codecs
 
     variant = cfg.task.codecs.path
     if cfg.task.kind == "text_to_image" or variant not in VARIANTS:
         return cfg
-    if storage.is_remote(cfg.storage_path):
-        raise UsageError(f"task.codecs.path: {variant} writes a local codecs folder; {cfg.storage_path} is remote "
-                         "(set task.codecs.path to a Codecs folder every worker can read)")
-    folder = ensure_debug_codecs(Path(storage_uri(cfg)) / f"{variant}_codecs", cfg.task.codecs.seed, variant)
-    codecs = dataclasses.replace(cfg.task.codecs, path=str(folder))
+    target = storage.join(storage_uri(cfg), f"{variant}_codecs")
+    if storage.is_remote(target):
+        s3 = cfg.data.s3
+        if not storage.exists(storage.join(target, WEIGHTS_FILE), s3):
+            import hashlib
+
+            key = hashlib.sha256(f"{storage.endpoint_of(s3)}|{target}".encode()).hexdigest()[:24]
+            local = ensure_debug_codecs(storage.cache_root() / "build" / key / f"{variant}_codecs",
+                                        cfg.task.codecs.seed, variant)
+            storage.upload_folder(local, target, s3, last=WEIGHTS_FILE)
+    else:
+        ensure_debug_codecs(target, cfg.task.codecs.seed, variant)
+    codecs = dataclasses.replace(cfg.task.codecs, path=target)
     return dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, codecs=codecs))
 
 

@@ -11,8 +11,10 @@ its dependants; the others go on; at the end any failure is one ``JobFailed`` (e
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -27,6 +29,7 @@ from training.schedule import (Schedule, Stage, StageResources, fits_beside, nev
 
 SCHEDULE_JSON = "schedule.json"
 FINISHED = ("done", "skipped")
+WAIT_FOR_WORKERS_S = 6 * 3600   # how long a started stage waits for its worker group to be placed
 
 
 def utc_now() -> str:
@@ -52,6 +55,10 @@ def train_stage(phase_cfgs: list[dict]) -> dict:
     from common.config import from_dict
     from training.launch import run_dir, train
 
+    # A stage may wait for its workers longer than Ray Train's 60 s default: the node it needs may be busy
+    # with other stages (or still booting in an autoscaled pool). Read in this process, passed on to the
+    # stage's Train controller; never_fits has already refused what could never be placed.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(WAIT_FOR_WORKERS_S))
     started, result = utc_now(), None
     try:
         for data in phase_cfgs:
@@ -131,6 +138,11 @@ def run_schedule(schedule_fn: Callable[[], Schedule], name: str, storage_path: s
     root = storage_uri(TrainConfig(storage_path=storage_path))
     data = absolute_data(data or {})
     planned = plan(schedule, name, root, data, list(overrides or []), config)
+    if s3 is not None:   # the store's settings reach every stage that did not set its own
+        for p in planned.values():
+            if p.cfg.data.s3 == S3Config():
+                p.cfg = dataclasses.replace(p.cfg, data=dataclasses.replace(p.cfg.data, s3=s3))
+    s3 = s3 or next((p.cfg.data.s3 for p in planned.values()), None)   # schedule.json: where the stages write
     ensure_ray()
     nodes = cluster_nodes()
     for stage_name, p in planned.items():

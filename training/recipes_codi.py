@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 
 import yaml
 
+from common import storage
 from common.config import from_dict
 from common.resources import WorkerResources
+from common.storage import S3Config
 from models.codi import CoDiConfig
 from models.codi.config import UNetSpec
 from training.config import EMAConfig, OptimConfig, ScalingConfig, TrainConfig
@@ -159,10 +160,10 @@ def base_distillation(budget: Budget = DEBUG, codecs: str = DEBUG_CODECS, studen
 
 # -- upstream: a stage's needs' exports -> its config ------------------------------------------------
 
-def stage_config(checkpoint: str) -> TrainConfig:
-    """The config a finished stage ran with (``train_config.yaml`` beside its checkpoints)."""
-    path = Path(checkpoint).parent / "train_config.yaml"
-    return from_dict(TrainConfig, yaml.safe_load(path.read_text()), source=str(path))
+def stage_config(checkpoint: str, s3: Optional[S3Config] = None) -> TrainConfig:
+    """The config a finished stage ran with (``train_config.yaml`` beside its checkpoints, local or ``s3://``)."""
+    path = storage.join(storage.parent(checkpoint), "train_config.yaml")
+    return from_dict(TrainConfig, yaml.safe_load(storage.read_bytes(path, s3)), source=path)
 
 
 def with_task(cfg: TrainConfig, **changes) -> TrainConfig:
@@ -173,18 +174,19 @@ def codecs_from(cfg: TrainConfig, checkpoints: Mapping[str, str]) -> TrainConfig
     """Lay the needs' codecs exports over the stage's codecs: each autoencoder and bridging stage exports
     only its own piece (``image.vae.*``, ``clip.model.*``, ``clip.temporal.*``, ``clap.*``, ...), so the
     order does not matter; it is the needs' order."""
-    kinds = {name: stage_config(ckpt).task.kind for name, ckpt in checkpoints.items()}
-    overlays = [str(Path(checkpoints[n]) / WEIGHTS) for n in checkpoints
+    kinds = {name: stage_config(ckpt, cfg.data.s3).task.kind for name, ckpt in checkpoints.items()}
+    overlays = [storage.join(checkpoints[n], WEIGHTS) for n in checkpoints
                 if kinds[n] in ("bridging_alignment", "autoencoder")]
     return with_task(cfg, codecs=dataclasses.replace(cfg.task.codecs, overlays=overlays))
 
 
 def from_ldm(cfg: TrainConfig, checkpoints: Mapping[str, str]) -> TrainConfig:
     """Start from (align / distil) the one ldm-kind need's export, with the codecs that stage trained on."""
-    ldm = [n for n, ckpt in checkpoints.items() if stage_config(ckpt).task.kind in ("ldm", "latent_alignment")]
+    s3 = cfg.data.s3
+    ldm = [n for n, ckpt in checkpoints.items() if stage_config(ckpt, s3).task.kind in ("ldm", "latent_alignment")]
     if len(ldm) != 1:
         raise ValueError(f"needs exactly one ldm or latent_alignment stage, got {sorted(ldm)}")
-    upstream = stage_config(checkpoints[ldm[0]])
+    upstream = stage_config(checkpoints[ldm[0]], s3)
     return with_task(cfg, init=checkpoints[ldm[0]], init_weights=WEIGHTS,
                      codecs=CodecsSource(path=upstream.task.codecs.path, overlays=list(upstream.task.codecs.overlays),
                                          seed=upstream.task.codecs.seed))
@@ -193,15 +195,17 @@ def from_ldm(cfg: TrainConfig, checkpoints: Mapping[str, str]) -> TrainConfig:
 def from_cascade_base(cfg: TrainConfig, checkpoints: Mapping[str, str]) -> TrainConfig:
     """Distil the one cascade-base need's export (its teacher and the student's start; a ``base_distillation``
     need's student for a further halving), with the codecs that stage trained on."""
+    s3 = cfg.data.s3
+
     def is_base(ckpt: str) -> bool:
-        task = stage_config(ckpt).task
+        task = stage_config(ckpt, s3).task
         return ((task.kind == "cascade" and task.cascade.kind == "base")
                 or (task.kind == "distillation" and task.distillation.teacher == "cascade"))
 
     base = [n for n, ckpt in checkpoints.items() if is_base(ckpt)]
     if len(base) != 1:
         raise ValueError(f"needs exactly one cascade base (or base distillation) stage, got {sorted(base)}")
-    upstream = stage_config(checkpoints[base[0]])
+    upstream = stage_config(checkpoints[base[0]], s3)
     return with_task(cfg, init=checkpoints[base[0]], init_weights=WEIGHTS,
                      codecs=dataclasses.replace(upstream.task.codecs, overlays=list(upstream.task.codecs.overlays)))
 
@@ -215,10 +219,10 @@ def merge_ldms(cfg: TrainConfig, checkpoints: Mapping[str, str]) -> TrainConfig:
     parts: dict[str, str] = {}
     codecs = None
     for name, ckpt in checkpoints.items():
-        upstream = stage_config(ckpt)
+        upstream = stage_config(ckpt, cfg.data.s3)
         if upstream.task.kind != "ldm":
             continue
-        held = codi_config(ckpt).specs()
+        held = codi_config(ckpt, cfg.data.s3).specs()
         video = upstream.task.ldm.modality == "video"
         for unet in held:
             if video or unet not in parts:

@@ -20,6 +20,7 @@ from browser import open_in_chromium
 from codiray.cli import main
 from codiray.demo import debug_config
 from codiray.demo_tasks import TASKS
+from common import storage
 from pipelines.toyworld_probes import read_audio, read_image, read_video
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -29,11 +30,12 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def demo(codi_demo_debug):
     out, paths = codi_demo_debug
     assert Path(paths["report"]) == out / "report" / "report.html"
-    return out
+    return out, paths
 
 
 @pytest.mark.timeout(1200)  # may pay the session's demo run: 18 stages, two steps on 2 workers each (~10 min)
 def test_every_task_is_generated_and_scored(demo):
+    demo, _ = demo
     per_task = debug_config().generate.per_task
     metrics = json.loads((demo / "metrics.json").read_text())
     assert set(metrics["tasks"]) == {t.name for t in TASKS}
@@ -67,20 +69,25 @@ def test_every_task_is_generated_and_scored(demo):
 
 
 def test_the_saved_model_is_the_last_alignment_phase_with_the_trained_codecs(demo):
-    run = demo / "bucket" / "runs" / "codi"
-    stages = {s["name"]: s for s in json.loads((run / "schedule.json").read_text())["stages"]}
+    demo, paths = demo
+    run, s3 = paths["run"], paths["s3"]     # in the session's S3 bucket
+    stages = {s["name"]: s for s in json.loads(storage.read_bytes(storage.join(run, "schedule.json"), s3))["stages"]}
     # done, or skipped when the schedule test's second run (same session run) already rewrote the record
     assert {s["status"] for s in stages.values()} in ({"done"}, {"skipped"})
+    weights = lambda stage: load_file(storage.local_copy(  # noqa: E731
+        storage.join(stages[stage]["checkpoint"], "model.safetensors"), s3))
     saved = load_file(str(demo / "model" / "model.safetensors"))
-    aligned = load_file(str(Path(stages["video_audio_alignment"]["checkpoint"]) / "model.safetensors"))
+    aligned = weights("video_audio_alignment")
     assert saved.keys() == aligned.keys() and all(torch.equal(saved[k], aligned[k]) for k in saved)
     codecs = load_file(str(demo / "model" / "codecs" / "model.safetensors"))
-    vocoder = load_file(str(Path(stages["vocoder_autoencoder"]["checkpoint"]) / "model.safetensors"))
+    vocoder = weights("vocoder_autoencoder")
     assert vocoder and all(torch.equal(codecs[k], v) for k, v in vocoder.items())
 
 
-def test_generate_takes_the_schedule_run_folder_as_checkpoint(demo, tmp_path, capsys):
-    run = demo / "bucket" / "runs" / "codi"
+def test_generate_takes_the_schedule_run_folder_as_checkpoint(demo, tmp_path, capsys, monkeypatch):
+    _, paths = demo
+    run = paths["run"]                                  # s3://: the endpoint from the standard AWS variable
+    monkeypatch.setenv("AWS_ENDPOINT_URL", paths["s3"].endpoint_url)
     out = tmp_path / "gen"
     assert main(["generate", "--checkpoint", str(run), "--input", "text=a red circle moving left slowly",
                  "--output", "video,audio", "--steps", "2", "--size", "16", "--frames", "4", "--out", str(out)]) == 0
@@ -91,6 +98,7 @@ def test_generate_takes_the_schedule_run_folder_as_checkpoint(demo, tmp_path, ca
 
 @pytest.mark.timeout(180)
 def test_report_loads_in_headless_chromium(demo, tmp_path):
+    demo, _ = demo
     page = demo / "report" / "report.html"
     found, errors, log, _ = open_in_chromium(page, tmp_path)
     assert errors == [], (errors, log)

@@ -18,6 +18,7 @@ from PIL import Image
 
 from codiray.cli import main
 from codiray.report import read_losses
+from common import storage
 from browser import open_in_chromium
 from pipelines.toyworld import render_image
 from pipelines.toyworld_av import write_clip, write_sound
@@ -28,7 +29,7 @@ SCENES = [Scene("red", "circle", "left"), Scene("blue", "square", "right")]
 CLIP = Clip("green", "triangle", "down", "slowly")
 OTHER = Clip("yellow", "square", "left", "quickly")
 SOUND = Sound("low", "pulsing")
-# The schedule: a -> c, b -> c, c -> d; d is still pending (no losses), b ran on S3 (not drawn).
+# The schedule: a -> c, b -> c, c -> d; d is still pending (no losses), b ran on S3 (its curve read from there).
 STAGES = [("image", "ldm", [], "done"), ("audio<&>", "ldm", [], "done"),
           ("joint", "codi_joint", ["image", "audio<&>"], "failed"), ("final", "codi_joint", ["joint"], "pending")]
 
@@ -64,12 +65,14 @@ def build_generations(root: Path) -> Path:
     return root
 
 
-def build_schedule(root: Path) -> Path:
+def build_schedule(root: Path, bucket: str) -> Path:
     records = []
     for index, (name, kind, needs, status) in enumerate(STAGES):
         run_dir = root / "runs" / f"stage{index}"
         if name == "audio<&>":
-            run_dir = "s3://bucket/runs/audio"
+            run_dir = f"{bucket}/runs/audio"
+            storage.write_bytes(f"{run_dir}/tensorboard/scalars.jsonl",
+                                "".join(json.dumps({"step": s, "loss": 2.0 - s / 4}) + "\n" for s in range(5)).encode())
         elif status != "pending":
             (run_dir / "tensorboard").mkdir(parents=True)
             # 0..9 then a resume that logs steps 8 and 9 again with other values (the later must win)
@@ -87,13 +90,18 @@ def build_schedule(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(tmp_path_factory, s3_endpoint):
+    import boto3
+
     root = tmp_path_factory.mktemp("report")
     generations = build_generations(root / "generations")
     assert main(["eval", "--generations", str(generations), "--out", str(root / "metrics")]) == 0
-    schedule = build_schedule(root)
-    assert main(["report", "--generations", str(generations), "--metrics", str(root / "metrics" / "metrics.json"),
-                 "--schedule", str(schedule), "--out", str(root / "out")]) == 0
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="report-runs")
+    with pytest.MonkeyPatch.context() as env:   # the CLI's store: the standard AWS variable names it
+        env.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+        schedule = build_schedule(root, "s3://report-runs")
+        assert main(["report", "--generations", str(generations), "--metrics", str(root / "metrics" / "metrics.json"),
+                     "--schedule", str(schedule), "--out", str(root / "out")]) == 0
     return {"root": root, "generations": generations, "html": root / "out" / "report.html",
             "metrics": json.loads((root / "metrics" / "metrics.json").read_text())}
 
@@ -189,11 +197,12 @@ def test_loss_curves_keep_the_last_value_of_a_resumed_step(report):
     assert read_losses(scalars) == [(s, 1.0 / (1 + s)) for s in range(8)] + [(8, 0.5), (9, 0.25)]
     doc = parse(report["html"])
     lines = [a["points"].split() for tag, a in doc.tags if tag == "polyline"]
-    assert [len(p) for p in lines] == [10, 10]             # stage0 and joint; S3 and pending stages: none
+    assert [len(p) for p in lines] == [10, 5, 10]          # stage0, the S3 stage, joint; the pending stage: none
     ys = [float(p.split(",")[1]) for p in lines[0]]
     assert ys[0] == min(ys) and ys[7] == max(ys) > ys[8] # highest loss at step 0 (top); the lowest, 1/8, at step 7
-    text = "".join(doc.text)
-    assert "s3://bucket/runs/audio is not local" in text
+    ys = [float(p.split(",")[1]) for p in lines[1]]
+    assert ys == sorted(ys) and ys[0] < ys[-1]            # read from S3: 2.0 falling to 1.0, top to bottom
+    assert "no losses logged in " + str(report["root"] / "runs" / "stage3") in "".join(doc.text)
 
 
 def test_goals_are_marked_met_or_missed(report):

@@ -1,5 +1,6 @@
-"""`codiray generate --cascade` on the cascade that the session's ``codi_debug`` run trained: the base's
-distilled student (its 4 steps read from its export), then TSR and SSR; MP4s decoded back by PyAV."""
+"""`codiray generate --cascade` on the cascade that the session's ``codi_debug`` run trained (its run
+folder in the session's S3 bucket): the base's distilled student (its 4 steps read from its export),
+then TSR and SSR; MP4s decoded back by PyAV."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pipelines.toyworld_probes import read_video
 from training.generate_cascade import base_shape, pick_cascade
 from training.tasks.cascade import load_cascade
 
-def generate(run: Path, out: Path, seed: int = 0) -> dict:
+def generate(run: str, out: Path, seed: int = 0) -> dict:
     assert cli.main(["generate", "--cascade", "--checkpoint", str(run), "--prompt", "a red circle moving left",
                      "--prompt", "a blue square moving up", "--frames", "4", "--size", "16", "--steps", "2",
                      "--seed", str(seed), "--out", str(out)]) == 0
@@ -29,9 +30,10 @@ def frames_of(out: Path, record: dict, stage: str) -> list[np.ndarray]:
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # may pay the session's `codiray demo --debug` run
-def test_cascade_cli_samples_student_then_tsr_then_ssr(codi_demo_debug, tmp_path):
-    out, _ = codi_demo_debug
-    run = out / "bucket" / "runs" / "codi"
+def test_cascade_cli_samples_student_then_tsr_then_ssr(codi_demo_debug, tmp_path, monkeypatch):
+    _, paths = codi_demo_debug
+    run = paths["run"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", paths["s3"].endpoint_url)   # the standard AWS variable names the store
     record = generate(run, tmp_path / "a")
     stages = [s["name"] for s in record["stages"]]
     assert stages == ["base_distillation", "cascade_tsr", "cascade_ssr"]

@@ -1,6 +1,8 @@
-"""``codi_debug`` end to end on a real Ray (the run of the session's ``codiray demo --debug``): a toy
-world prepared by the real prepare jobs, every CoDi stage kind trained by Ray Train + DeepSpeed on two
-data-parallel workers in its DAG, each stage loading its needs' exports, and a rerun that skips them all."""
+"""``codi_debug`` end to end as on a real cluster (the run of the session's ``codiray demo --debug``,
+tests/conftest.py): a toy world prepared by the real prepare jobs into an S3 bucket, every CoDi stage
+kind trained by Ray Train + DeepSpeed on two data-parallel workers in its DAG on a Ray of three nodes
+(the GPU-pool stages on the node with the pool's resource), each stage loading its needs' exports from
+the bucket, and a rerun that skips them all."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from common import storage
 from common.config import from_dict
 from models.codi import CoDi
 from training.config import TrainConfig
@@ -23,6 +26,8 @@ from training.task import build_task, load_codecs
 from training.tasks.cascade import load_cascade
 from training.tasks.latent_alignment import alignment_parameter_names
 
+from ray_nodes import GPU_POOL, L40S
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
@@ -30,11 +35,11 @@ def at(iso: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(iso)
 
 
-def stage_cfg(record: dict) -> TrainConfig:
+def stage_cfg(record: dict, s3) -> TrainConfig:
     import yaml
 
-    path = Path(record["run_dir"]) / "train_config.yaml"
-    return from_dict(TrainConfig, yaml.safe_load(path.read_text()), source=str(path))
+    path = storage.join(record["run_dir"], "train_config.yaml")
+    return from_dict(TrainConfig, yaml.safe_load(storage.read_bytes(path, s3)), source=path)
 
 
 def initial_export(cfg: TrainConfig) -> dict[str, torch.Tensor]:
@@ -52,10 +57,17 @@ def changed(before: dict, after: dict) -> list[str]:
 
 
 @pytest.mark.timeout(1200)  # may pay the session's `codiray demo --debug` run (~10 min on 2 busy cores)
-def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_demo_debug):
+def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_demo_debug, ray_local):
     out, paths = codi_demo_debug
-    data, runs = paths["data"], out / "bucket" / "runs"
-    stages = {r["name"]: r for r in json.loads((runs / "codi" / "schedule.json").read_text())["stages"]}
+    data, run, s3 = paths["data"], paths["run"], paths["s3"]
+    assert run.startswith("s3://") and all(uri.startswith("s3://") for uri in data.values())
+    stages = {r["name"]: r for r in json.loads(storage.read_bytes(storage.join(run, "schedule.json"), s3))["stages"]}
+    def local(checkpoint: str) -> Path:
+        """A checkpoint's export and rank records, fetched from the bucket once (not its optimizer shards)."""
+        assert checkpoint.startswith(run + "/"), checkpoint
+        return Path(storage.local_copy(checkpoint, s3, names=(
+            "model.safetensors", "codi_config.json", "cascade_config.json", "ranks")))
+
     assert set(stages) == set(codi_debug().order())
     assert {r["status"] for r in stages.values()} == {"done"}
     assert {r["kind"] for r in stages.values()} == {"autoencoder", "bridging_alignment", "ldm", "latent_alignment",
@@ -71,11 +83,12 @@ def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_d
     # checkpoints holds both ranks' records (written by the workers themselves): disjoint sample keys, the same
     # weights and optimizer state after the all-reduced steps; over its checkpoints each rank trained on samples
     for name, r in stages.items():
-        assert r["resources"]["num_workers"] == 2 and r["resources"]["per_worker"] == {"CPU": 0.75}, (name, r)
-        checkpoints = sorted(p for p in Path(r["run_dir"]).glob("checkpoint_*") if p.is_dir())
-        assert Path(r["checkpoint"]) in checkpoints, name
+        pool = {L40S: 0.001} if name in GPU_POOL else {}
+        assert r["resources"]["num_workers"] == 2 and r["resources"]["per_worker"] == {"CPU": 0.75, **pool}, (name, r)
+        checkpoints = [uri for uri in storage.list_dirs(r["run_dir"], s3) if "/checkpoint_" in uri]
+        assert r["checkpoint"] in checkpoints, name
         trained = {0: 0, 1: 0}
-        for folder in checkpoints:
+        for folder in map(local, checkpoints):
             records = {int(p.stem.removeprefix("rank_")): json.loads(p.read_text())
                        for p in (folder / "ranks").glob("rank_*.json")}
             assert set(records) == {0, 1} and {q["world_size"] for q in records.values()} == {2}, (name, folder)
@@ -89,9 +102,21 @@ def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_d
         # two steps of batch 2 per rank (the video LDM's: one in each of its two phases' checkpoints)
         assert trained == {0: 4, 1: 4}, (name, trained)
 
-    ckpt = {n: Path(r["checkpoint"]) for n, r in stages.items()}
+    # where Ray placed them (its placement-group and actor tables): the GPU-pool stages' workers (the video
+    # LDM's two curriculum phases are two worker groups) on node B, which alone has the pool's resource; the
+    # other stages' on both nodes; none on the head
+    cluster = paths["cluster"]
+    placed = cluster["placements"]
+    pool_bundles = [node for bundle, node in placed if L40S in bundle]
+    assert len(pool_bundles) == 2 * (len(GPU_POOL) + 1) and set(pool_bundles) == {cluster["B"]}, placed
+    assert {node for bundle, node in placed if L40S not in bundle} == {cluster["A"], cluster["B"]}, placed
+    assert len(placed) == 2 * (len(stages) + 1)   # two workers a stage (and phase), no retries
+    assert cluster["head"] not in cluster["train_workers"] and len(cluster["train_workers"]) == len(placed)
+
+    uri = {n: r["checkpoint"] for n, r in stages.items()}
+    ckpt = {n: local(u) for n, u in uri.items()}
     exported = {n: load_file(str(p / "model.safetensors")) for n, p in ckpt.items()}
-    cfgs = {n: stage_cfg(r) for n, r in stages.items()}
+    cfgs = {n: stage_cfg(r, s3) for n, r in stages.items()}
 
     # roots: each export differs from its initial weights (two AdamW steps at lr 1e-3)
     roots = ("image_autoencoder", "audio_autoencoder", "vocoder_autoencoder", "text_autoencoder", "clip_pretraining",
@@ -108,12 +133,12 @@ def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_d
     for name, piece in (("audio_bridging", "clap."), ("video_bridging", "clip.temporal.")):
         assert all(k.startswith(piece) for k in exported[name]), name
         assert changed(initial_export(cfgs[name]), exported[name]), name
-        aligned_to = load_codecs(cfgs[name].task.codecs).state_dict()
+        aligned_to = load_codecs(cfgs[name].task.codecs, s3).state_dict()
         assert all(torch.equal(aligned_to[k], v) for k, v in exported["clip_pretraining"].items()), name
 
     # every LDM's codecs: the debug codecs with every autoencoder and bridging piece laid over
     for ldm_name in ("image_ldm", "audio_ldm", "text_ldm"):
-        codecs = load_codecs(cfgs[ldm_name].task.codecs).state_dict()
+        codecs = load_codecs(cfgs[ldm_name].task.codecs, s3).state_dict()
         for name in ("image_autoencoder", "audio_autoencoder", "vocoder_autoencoder", "text_autoencoder",
                      "clip_pretraining", "audio_bridging", "video_bridging"):
             assert all(torch.equal(codecs[k], v) for k, v in exported[name].items()), (ldm_name, name)
@@ -123,12 +148,12 @@ def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_d
         assert changed(initial_export(cfgs[name]), dict(ldms[name].state_dict())), name
 
     # the video LDM grew from the image LDM's export, through its two curriculum phases
-    assert cfgs["video_ldm"].task.init == str(ckpt["image_ldm"])
+    assert cfgs["video_ldm"].task.init == uri["image_ldm"]
     assert changed(dict(ldms["image_ldm"].state_dict()), dict(ldms["video_ldm"].state_dict()))
     assert [p["name"] for p in stages["video_ldm"]["phases"]] == ["short_low_fps", "full"]
     assert (cfgs["video_ldm"].task.ldm.frames, cfgs["video_ldm"].task.ldm.frame_stride) == (0, 1)  # the last phase's
     # joint image-video training: its second step was a batch of laion images (as 1-frame videos)
-    assert Path(cfgs["video_ldm"].data.images).resolve() == Path(data["laion"]).resolve()
+    assert cfgs["video_ldm"].data.images == data["laion"]
     assert cfgs["video_ldm"].data.image_fraction == 0.5
     record = json.loads((ckpt["video_ldm"] / "ranks" / "rank_0.json").read_text())
     clips = {k for keys in record["samples"].values() for k in keys}
@@ -146,20 +171,20 @@ def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_d
         assert moved and moved <= set(alignment_parameter_names(aligned, trains)), (name, previous, sorted(moved)[:5])
         assert cfgs[name].task.codecs == cfgs["image_ldm"].task.codecs, name
         previous, before = name, state
-    assert cfgs["text_image_alignment"].task.init_parts == {"image": str(ckpt["video_ldm"]),
-                                                            "audio": str(ckpt["audio_ldm"]),
-                                                            "text": str(ckpt["text_ldm"])}
+    assert cfgs["text_image_alignment"].task.init_parts == {"image": uri["video_ldm"], "audio": uri["audio_ldm"],
+                                                            "text": uri["text_ldm"]}
 
     # distillation of the cascade's base: the student started as the base export (its teacher) and moved away
     # from it; both exports load by folder, the student's as a 4-step base
-    assert cfgs["base_distillation"].task.init == str(ckpt["cascade_base"])
+    assert cfgs["base_distillation"].task.init == uri["cascade_base"]
     assert not changed(initial_export(cfgs["base_distillation"]), exported["cascade_base"])
     assert changed(exported["cascade_base"], exported["base_distillation"])
     base, base_config = load_cascade(str(ckpt["cascade_base"]))
     student, student_config = load_cascade(str(ckpt["base_distillation"]))
+    assert cfgs["base_distillation"].task.codecs.path.startswith(run + "/")   # the schedule's codecs, in the bucket
     assert changed(dict(base.state_dict()), dict(student.state_dict()))
     assert student_config == dataclasses.replace(base_config, sampling_steps=4)
     assert cfgs["base_distillation"].task.codecs == cfgs["cascade_base"].task.codecs
 
-    again = run_schedule(codi_debug, "codi", str(runs), data=data)
+    again = run_schedule(codi_debug, "codi", storage.parent(run), data=data, s3=s3)   # on the session's Ray
     assert {n: r["status"] for n, r in again.items()} == {n: "skipped" for n in stages}

@@ -1,18 +1,16 @@
-"""The schedule engine on a Ray cluster of three nodes on this machine (``ray.cluster_utils.Cluster``):
-a head that runs no stage workers (0 CPUs), node A with plain CPUs and node B carrying the custom
-resource ``accelerator_type:L40S`` that GPU-pool stages request (``scaling.worker.accelerator_type``).
-
-Placement is read from Ray's own records (the placement-group table: which node each worker bundle
-was placed on; the GCS actor table: where each Ray Train worker ran), not from anything the code
-under test writes. Storage is one local folder: every node of this cluster runs on this machine,
-so the folder is shared by all of them (on a real cluster it would be s3:// or NFS).
+"""The schedule engine on a Ray cluster of three nodes on this machine (tests/ray_nodes.py): a head
+that runs no stage workers (0 CPUs), node A with plain CPUs and node B carrying the custom resource
+``accelerator_type:L40S`` that GPU-pool stages request (``scaling.worker.accelerator_type``): a stage
+that fits no node is refused before anything is placed, per-stage resources place stages on their
+nodes, and data and storage named relative to the driver's folder reach every node. Storage here is
+one local folder (every node runs on this machine); ``codi_debug`` runs on such a cluster with S3
+storage in the session's demo run (tests/conftest.py, asserted in test_schedule_codi.py).
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import os
 import time
 from pathlib import Path
 
@@ -25,12 +23,11 @@ from models.text_to_image import TextToImageDiffuser
 from pipelines.config import ImageConfig, PrepareConfig, ShardConfig
 from pipelines.laion import prepare_laion
 from pipelines.toyworld import write_laion_corpus
+from ray_nodes import L40S, placements, ray_nodes, train_worker_nodes
 from training.orchestrator import run_schedule
 from training.schedules import engine_debug, one_worker_t2i_debug
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-L40S = "accelerator_type:L40S"
 
 
 def at(iso: str) -> datetime.datetime:
@@ -39,46 +36,9 @@ def at(iso: str) -> datetime.datetime:
 
 @pytest.fixture()
 def three_nodes():
-    """Head (0 CPUs), node A (4 CPUs), node B (2 CPUs + L40S); the driver connected to the head.
-
-    Any Ray this test process already runs (the session's ``ray_local``) is shut down first and
-    started again afterwards with the same settings, so later tests find it as before."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    had_local = ray.is_initialized()
-    if had_local:
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    try:
-        node_a = cluster.add_node(num_cpus=4)
-        node_b = cluster.add_node(num_cpus=2, resources={L40S: 1})
-        ray.init(address=cluster.address, log_to_driver=False,
-                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "HOME": os.environ["HOME"],
-                                           "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}})
-        yield {"head": cluster.head_node.node_id, "A": node_a.node_id, "B": node_b.node_id}
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        if had_local:  # as tests/conftest.py's ray_local starts it
-            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "HOME": os.environ["HOME"],
-                                               "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}})
-
-
-def placements() -> list[tuple[dict, str]]:
-    """Every worker bundle Ray placed so far (removed placement groups included): (bundle, node id)."""
-    import ray
-
-    return [(bundle, pg["bundles_to_node_id"][i])
-            for pg in ray.util.placement_group_table().values() for i, bundle in pg["bundles"].items()]
-
-
-def train_worker_nodes() -> list[str]:
-    """The node of every Ray Train worker actor, alive or dead, from the GCS actor table."""
-    from ray._private import state
-
-    return [a["Address"]["NodeID"] for a in state.actors().values() if a["ActorClassName"] == "RayTrainWorker"]
+    """Head (0 CPUs), node A (4 CPUs), node B (2 CPUs + L40S); the driver connected to the head."""
+    with ray_nodes({"num_cpus": 4}, {"num_cpus": 2, "resources": {L40S: 1}}) as nodes:
+        yield {"head": nodes["head"], "A": nodes["nodes"][0], "B": nodes["nodes"][1]}
 
 
 @pytest.mark.timeout(600)  # 71-127 s measured on the shared 2-core machine

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from common import storage
 from common.config import from_dict, to_dict
 from common.errors import UsageError
+from common.storage import S3Config
 from models.codecs import Codecs
 from models.codi.config import UNetSpec
 from models.codi.unet import UNet2D
@@ -200,25 +201,26 @@ def save_cascade(directory: Path, state: dict[str, Tensor], config: CascadeConfi
     return directory
 
 
-def cascade_config(folder: str) -> CascadeConfig:
+def cascade_config(folder: str, s3: Optional[S3Config] = None) -> CascadeConfig:
     """The ``CascadeConfig`` of an export folder (local or ``s3://``), without reading the weights."""
     path = storage.join(str(folder), CASCADE_CONFIG)
-    if not storage.exists(path):
+    if not storage.exists(path, s3):
         raise UsageError(f"{path}: not found — not a cascade export (a cascade or base_distillation stage's "
                          "checkpoint folder)")
-    return from_dict(CascadeConfig, json.loads(storage.read_bytes(path).decode()), source=path)
+    return from_dict(CascadeConfig, json.loads(storage.read_bytes(path, s3).decode()), source=path)
 
 
-def load_cascade(folder: str, weights_name: str = WEIGHTS_NAME) -> tuple[CascadeDenoiser, CascadeConfig]:
+def load_cascade(folder: str, weights_name: str = WEIGHTS_NAME,
+                 s3: Optional[S3Config] = None) -> tuple[CascadeDenoiser, CascadeConfig]:
     """(the ``CascadeDenoiser``, its ``CascadeConfig``) of an export folder, local or ``s3://``; a missing
     config or weights file, or weights that do not fit the config's UNet, is one line naming the file."""
-    config = cascade_config(folder)
+    config = cascade_config(folder, s3)
     path = storage.join(str(folder), weights_name)
-    if not storage.exists(path):
+    if not storage.exists(path, s3):
         raise UsageError(f"{path}: not found — the cascade export has no {weights_name}")
     model = CascadeDenoiser(config.unet)
     try:
-        model.load_state_dict(load_safetensors(storage.read_bytes(path)), strict=True)
+        model.load_state_dict(load_safetensors(storage.read_bytes(path, s3)), strict=True)
     except Exception as err:  # safetensors header errors, missing/unexpected/mis-shaped tensors
         problem = " ".join(str(err).split())[:300]
         raise UsageError(f"{path}: does not fit {CASCADE_CONFIG}'s UNet ({type(err).__name__}: {problem})") from None
