@@ -259,7 +259,7 @@ def test_report_loads_in_headless_chromium(report, tmp_path):
         assert m["error"] is None and m["networkState"] != 3 and m["readyState"] >= 2, (m, log)
         assert abs(m["duration"] - 2.0) < 0.15, m                  # the toy clips and sounds last 2 s
     assert all(m["coloured"] > 20 for m in found["media"] if m["tag"] == "VIDEO"), found
-    assert found["svgs"] == 1 + 2                                 # the DAG and two loss curves
+    assert found["svgs"] == 1 + 3                                 # the DAG and three loss curves (one from S3)
 
     pixels = np.asarray(Image.open(io.BytesIO(screenshot.read_bytes())).convert("RGB")).reshape(-1, 3).astype(int)
     assert pixels.shape[0] >= 1280 * 900 and pixels.std() > 20    # not blank
