@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -85,8 +86,12 @@ def codi_demo_debug(s3_endpoint, tmp_path_factory):
     import torch
 
     from codiray.demo import debug_config, run_demo
+    from common import storage
+    from common.errors import UsageError
     from common.runtime import LOCAL_RAY_ENV
     from common.storage import S3Config
+    from training.orchestrator import run_schedule
+    from training.schedules import codi_debug
     from ray_nodes import GPU_POOL, L40S, placements, ray_nodes, train_worker_nodes
 
     out = tmp_path_factory.mktemp("codi_demo")
@@ -104,5 +109,16 @@ def codi_demo_debug(s3_endpoint, tmp_path_factory):
         paths = run_demo(cfg, out)
         paths["cluster"] = {"head": nodes["head"], "A": nodes["nodes"][0], "B": nodes["nodes"][1],
                             "placements": placements(), "train_workers": train_worker_nodes()}
+        # a stage asking for an accelerator no node has: one line, before anything is placed or written
+        began = time.monotonic()
+        try:
+            run_schedule(codi_debug, "refused", storage.parent(paths["run"]), data=paths["data"], s3=s3,
+                         overrides=["image_ldm:scaling.worker.accelerator_type=H100"])
+            refusal = None
+        except UsageError as err:
+            refusal = str(err)
+        paths["refused"] = {"error": refusal, "seconds": time.monotonic() - began, "placements": len(placements()),
+                            "wrote": storage.list_files(storage.join(storage.parent(paths["run"]), "refused"), s3=s3,
+                                                        recursive=True)}
     paths["s3"] = s3
     return out, paths

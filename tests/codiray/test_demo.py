@@ -33,7 +33,7 @@ def demo(codi_demo_debug):
     return out, paths
 
 
-@pytest.mark.timeout(1200)  # may pay the session's demo run: 18 stages, two steps on 2 workers each (~10 min)
+@pytest.mark.timeout(1800)  # may pay the session's demo run: 18 stages, two steps on 2 workers each (10-15 min)
 def test_every_task_is_generated_and_scored(demo):
     demo, _ = demo
     per_task = debug_config().generate.per_task

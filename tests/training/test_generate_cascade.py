@@ -29,7 +29,7 @@ def frames_of(out: Path, record: dict, stage: str) -> list[np.ndarray]:
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # may pay the session's `codiray demo --debug` run
+@pytest.mark.timeout(1800)  # may pay the session's `codiray demo --debug` run (10-15 min)
 def test_cascade_cli_samples_student_then_tsr_then_ssr(codi_demo_debug, tmp_path, monkeypatch):
     _, paths = codi_demo_debug
     run = paths["run"]

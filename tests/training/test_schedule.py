@@ -6,7 +6,9 @@ import pytest
 
 from common.errors import UsageError
 from common.resources import WorkerResources
-from training.orchestrator import PlannedStage, fail_dependants, new_record
+from training.config import TrainConfig
+from training.launch import storage_uri
+from training.orchestrator import PlannedStage, absolute_data, fail_dependants, new_record, plan
 from training.recipes import text_to_image_demo_debug
 from training.schedule import (CurriculumPhase, Schedule, Stage, StageResources, fits_beside, never_fits,
                                phase_configs, resolve_stage_config)
@@ -91,6 +93,19 @@ def test_stage_configs_get_their_run_data_and_scoped_overrides(tmp_path):
         resolve_stage_config(s, "exp", str(tmp_path), {"webvid": "/v"}, [], names)
     with pytest.raises(UsageError, match="override 'z:max_steps=1': no stage 'z'"):
         resolve_stage_config(s, "exp", str(tmp_path), {"laion": "/s"}, ["z:max_steps=1"], names)
+
+
+def test_local_paths_reach_the_stages_absolute_and_s3_uris_as_given(tmp_path, monkeypatch):
+    """A stage's task runs on whichever node Ray picks, in that node's working directory: paths relative
+    to the driver's folder are made absolute on the driver."""
+    monkeypatch.chdir(tmp_path)
+    data = absolute_data({"laion": "shards/laion", "webvid": "s3://b/webvid"})
+    assert data == {"laion": str(tmp_path / "shards" / "laion"), "webvid": "s3://b/webvid"}
+    root = storage_uri(TrainConfig(storage_path="runs"))
+    planned = plan(engine_debug(), "exp", root, data, [], None)
+    assert {p.cfg.storage_path for p in planned.values()} == {str(tmp_path / "runs" / "exp")}
+    assert {p.cfg.data.path for p in planned.values()} == {str(tmp_path / "shards" / "laion")}
+    assert storage_uri(TrainConfig(storage_path="s3://b/runs")) == "s3://b/runs"
 
 
 def test_curriculum_phases_are_one_resumed_run_with_their_own_steps_settings_and_data(tmp_path):

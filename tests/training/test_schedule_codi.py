@@ -56,7 +56,7 @@ def changed(before: dict, after: dict) -> list[str]:
     return [k for k in before if not torch.equal(before[k], after[k])]
 
 
-@pytest.mark.timeout(1200)  # may pay the session's `codiray demo --debug` run (~10 min on 2 busy cores)
+@pytest.mark.timeout(1800)  # may pay the session's `codiray demo --debug` run (10-15 min on 2 cores)
 def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_demo_debug, ray_local):
     out, paths = codi_demo_debug
     data, run, s3 = paths["data"], paths["run"], paths["s3"]
@@ -112,6 +112,12 @@ def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_d
     assert {node for bundle, node in placed if L40S not in bundle} == {cluster["A"], cluster["B"]}, placed
     assert len(placed) == 2 * (len(stages) + 1)   # two workers a stage (and phase), no retries
     assert cluster["head"] not in cluster["train_workers"] and len(cluster["train_workers"]) == len(placed)
+
+    refused = paths["refused"]
+    assert refused["error"] == ("stage 'image_ldm' can never run: it needs 2 worker(s) x {CPU=0.75, "
+                                "accelerator_type:H100=0.001} but no node of the cluster holds one worker "
+                                "(largest node has CPU=3, accelerator_type:H100=0)"), refused
+    assert refused["seconds"] < 30 and refused["placements"] == len(placed) and refused["wrote"] == [], refused
 
     uri = {n: r["checkpoint"] for n, r in stages.items()}
     ckpt = {n: local(u) for n, u in uri.items()}
