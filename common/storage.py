@@ -198,10 +198,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("CODIRAY_CACHE") or Path.home() / ".cache" / "codiray").expanduser() / "objects"
 
 
+def cache_dir(uri: str, s3: S3Config | None = None, *parts: object) -> Path:
+    """This node's cache folder for a remote ``uri`` (and ``parts``): ``cache_root()/<hash of endpoint, URI, parts>``."""
+    key = "|".join([str(endpoint_of(s3)), str(uri).rstrip("/"), *map(str, parts)])
+    return cache_root() / hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
 def local_copy(uri: str, s3: S3Config | None = None, names: Sequence[str] = ()) -> str:
     """A local path holding what ``uri`` holds: a local path as it is; an ``s3://`` file or folder (every
     object under its prefix, or only the top-level files and folders in ``names``: a checkpoint's export
-    without its optimizer shards) downloaded once into ``cache_root()/<hash of endpoint, URI, names>/<last name>``.
+    without its optimizer shards) downloaded once into ``cache_dir(uri, s3, names)/<last name>``.
 
     For what a run writes once and never rewrites in place (stage exports, checkpoints, a schedule's codecs
     folder): loaders that need files on disk (safetensors memory maps, tokenizer folders) read remote
@@ -210,8 +216,7 @@ def local_copy(uri: str, s3: S3Config | None = None, names: Sequence[str] = ()) 
     if not is_remote(uri):
         return str(Path(uri).expanduser())
     uri = str(uri).rstrip("/")
-    key = hashlib.sha256(f"{endpoint_of(s3)}|{uri}|{sorted(names)}".encode()).hexdigest()[:24]
-    target = cache_root() / key / uri.rsplit("/", 1)[-1]
+    target = cache_dir(uri, s3, sorted(names)) / uri.rsplit("/", 1)[-1]
     if target.exists():
         return str(target)
     fs, path = resolve(uri, s3)

@@ -87,10 +87,7 @@ def resolve_debug_codecs(cfg: TrainConfig) -> TrainConfig:
     if storage.is_remote(target):
         s3 = cfg.data.s3
         if not storage.exists(storage.join(target, WEIGHTS_FILE), s3):
-            import hashlib
-
-            key = hashlib.sha256(f"{storage.endpoint_of(s3)}|{target}".encode()).hexdigest()[:24]
-            local = ensure_debug_codecs(storage.cache_root() / "build" / key / f"{variant}_codecs",
+            local = ensure_debug_codecs(storage.cache_dir(target, s3, "build") / f"{variant}_codecs",
                                         cfg.task.codecs.seed, variant)
             storage.upload_folder(local, target, s3, last=WEIGHTS_FILE)
     else:

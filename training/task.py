@@ -197,12 +197,10 @@ def codecs_config(source: CodecsSource, s3: Optional[S3Config] = None):
     from common.config import from_dict
     from models.codecs_config import CodecsConfig
 
-    if storage.is_remote(source.path) and not storage.exists(storage.join(source.path, "config.json"), s3):
+    if not storage.exists(storage.join(source.path, "config.json"), s3):
         raise UsageError(f"{source.path}: no config.json — task.codecs.path must be a Codecs.from_pretrained folder")
     folder = Path(storage.local_copy(source.path, s3))
     path = folder / "config.json"
-    if not path.is_file():
-        raise UsageError(f"{source.path}: no config.json — task.codecs.path must be a Codecs.from_pretrained folder")
     cfg = from_dict(CodecsConfig, json.loads(path.read_text()), source=str(path))
     for obj, attr in ((cfg.text, "encoder_tokenizer"), (cfg.text, "decoder_tokenizer"), (cfg.clip, "tokenizer")):
         if obj is not None and getattr(obj, attr):
