@@ -115,13 +115,16 @@ def clip_pretraining(data: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODE
 
 
 def ldm(modality: str, data: str, conditions: Mapping[str, float], budget: Budget = DEBUG,
-        codecs: str = DEBUG_CODECS, frames: int = 0, frame_stride: int = 1, image_fraction: float = 0.25) -> TrainConfig:
-    """One modality's LDM on a CoDi holding only its UNet; video starts from the image LDM (``from_ldm``)."""
+        codecs: str = DEBUG_CODECS, frames: int = 0, frame_stride: int = 1, image_fraction: float = 0.25,
+        video_train: str = "video_layers+cross_attention") -> TrainConfig:
+    """One modality's LDM on a CoDi holding only its UNet; video starts from the image LDM (``from_ldm``) and
+    trains ``video_train`` of it (``LDMObjective.train``)."""
     specs = {"image": {"image": tiny_image_unet(video=True)}, "audio": {"audio": tiny_audio_unet()},
              "text": {"text": tiny_text_unet()}, "video": None}[modality]
-    # the video LDM grows video layers on the image LDM's UNet (one UNet for both) and trains only those
+    # the video LDM grows video layers on the image LDM's UNet (one UNet for both) and trains those (and the
+    # text cross-attention, with images among its batches)
     objective = LDMObjective(modality, ConditionConfig(dict(conditions), drop_prob=0.1), frames=frames,
-                             frame_stride=frame_stride, train="video_layers" if modality == "video" else "all")
+                             frame_stride=frame_stride, train=video_train if modality == "video" else "all")
     task = TaskConfig(kind="ldm", ldm=objective, codi=CoDiConfig(**specs) if specs else None,
                       init="" if specs else UPSTREAM)
     cfg = stage(f"{modality}_ldm", task, data, budget, codecs)

@@ -141,3 +141,27 @@ def test_video_ldm_on_video_layers_trains_them_alone_and_keeps_image_generation(
         assert torch.equal(model({"image": image_latent}, t, context)["image"], image_eps)
     with pytest.raises(ValueError, match="video LDM"):
         LDMObjective("image", train="video_layers")
+
+
+def test_video_ldm_with_cross_attention_trains_video_layers_and_attn2_alone(codecs):
+    """``train: video_layers+cross_attention``: the video layers and every text cross-attention (``attn2``)
+    move and nothing else does — self-attention, ResBlocks, the in/out convs keep the image LDM's weights."""
+    torch.manual_seed(0)
+    task = LDMTask(LDMObjective("video", ConditionConfig({"text": 1.0}, drop_prob=0.0),
+                                train="video_layers+cross_attention"),
+                   tiny_codi(image=tiny_image(video=True)), lambda: codecs)
+    model = randomize(task.build_trainable())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    cross = {n for n in trainable if ".attn2." in n}
+    assert cross and all(n.split(".attn2.")[1] in ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight",
+                                                   "to_out.0.bias") for n in cross), sorted(cross)
+    assert not any(".attn1." in n or ".in_layers." in n for n in trainable)
+    inputs = task.batch_inputs(webvid_batch(2, frames=2, size=8), codecs, torch.Generator().manual_seed(0),
+                               torch.device("cpu"))
+    losses = adam_steps(task, model, inputs, steps=20, lr=2e-3)
+    assert losses[-1] < 0.9 * losses[0], losses
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved <= trainable and moved & cross and moved - cross, sorted(moved - trainable)[:4]
+    with pytest.raises(ValueError, match=r"one of all, video_layers, video_layers\+cross_attention"):
+        LDMObjective("video", train="cross_attention")

@@ -25,6 +25,7 @@ from training.schedules import codi_debug
 from training.task import build_task, load_codecs
 from training.tasks.cascade import load_cascade
 from training.tasks.latent_alignment import alignment_parameter_names
+from training.tasks.ldm import cross_attention_names, video_layer_names
 
 from ray_nodes import GPU_POOL, L40S
 
@@ -155,7 +156,11 @@ def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_d
 
     # the video LDM grew from the image LDM's export, through its two curriculum phases
     assert cfgs["video_ldm"].task.init == uri["image_ldm"]
-    assert changed(dict(ldms["image_ldm"].state_dict()), dict(ldms["video_ldm"].state_dict()))
+    # ... and moved its video layers and text cross-attention, nothing else (train: video_layers+cross_attention)
+    grown = set(changed(dict(ldms["image_ldm"].state_dict()), dict(ldms["video_ldm"].state_dict())))
+    video_layers = video_layer_names(ldms["video_ldm"])
+    assert grown & video_layers and grown - video_layers, sorted(grown)[:4]
+    assert grown <= video_layers | cross_attention_names(ldms["video_ldm"]), sorted(grown - video_layers)[:4]
     assert [p["name"] for p in stages["video_ldm"]["phases"]] == ["short_low_fps", "full"]
     assert (cfgs["video_ldm"].task.ldm.frames, cfgs["video_ldm"].task.ldm.frame_stride) == (0, 1)  # the last phase's
     # joint image-video training: its second step was a batch of laion images (as 1-frame videos)
