@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from models.codi import CoDi, CoDiConfig
 from models.diffusion.losses import mse_per_sample
 from training.objectives import compose_condition, condition_keep_mask, sample_condition
-from training.tasks.ldm import ConditionConfig, LDMObjective, LDMTask
+from training.recipes_codi import tiny_image_unet
+from training.tasks.ldm import ConditionConfig, LDMObjective, LDMTask, cross_attention_names
 
 from objectives_helpers import (adam_steps, randomize, audiocaps_batch, debug_codecs, laion_batch, tiny_audio, tiny_codi,
                                 tiny_image, tiny_text, webvid_batch, write_tokenizers)
@@ -163,5 +165,9 @@ def test_video_ldm_with_cross_attention_trains_video_layers_and_attn2_alone(code
     assert losses[-1] < 0.9 * losses[0], losses
     moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert moved <= trainable and moved & cross and moved - cross, sorted(moved - trainable)[:4]
+    connected = CoDi(CoDiConfig(image=tiny_image_unet(video=True)))      # the schedules' UNet, connectors on
+    names = cross_attention_names(connected)
+    assert names and not any("connecters" in n for n in names)
+    assert any("connecters" in n and ".attn2." in n for n, _ in connected.named_parameters())
     with pytest.raises(ValueError, match=r"one of all, video_layers, video_layers\+cross_attention"):
         LDMObjective("video", train="cross_attention")

@@ -118,8 +118,9 @@ def video_layer_names(model: nn.Module) -> set[str]:
 
 
 def cross_attention_names(model: nn.Module) -> set[str]:
-    """Names of the parameters of the UNets' text cross-attention (every transformer block's ``attn2``)."""
-    return {name for name, _ in model.named_parameters() if ".attn2." in name}
+    """Names of the parameters of the UNets' text cross-attention (the ``attn2`` of every transformer block of
+    the UNet proper; the cross-modal connectors' are latent alignment's)."""
+    return {name for name, _ in model.named_parameters() if ".attn2." in name and "connecters" not in name}
 
 
 class LDMTask:
