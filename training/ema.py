@@ -43,7 +43,7 @@ class EMA:
             if t.shape != avg.shape:
                 raise ValueError(f"EMA: parameter {name!r} has shape {tuple(t.shape)}, the average {tuple(avg.shape)} "
                                  f"(a ZeRO-3 shard? pass the gathered tensor)")
-            avg.mul_(beta).add_(t.detach().to(avg.device, torch.float32), alpha=1.0 - beta)
+            avg.lerp_(t.detach().to(avg.device, torch.float32), 1.0 - beta)   # β θ̄ + (1 − β) θ
             seen.add(name)
         missing = self.shadow.keys() - seen
         if missing:

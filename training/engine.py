@@ -47,15 +47,25 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
 
 
 def compute_dtype(cfg: TrainConfig) -> torch.dtype:
+    """The dtype of the engine's weights (what a task casts the trained model's inputs to)."""
     return torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    """The context a training loss runs in: ``torch.autocast`` to bf16 under ``precision=bf16_autocast``
+    (weights stay fp32; the losses cast model outputs to fp32), else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16_autocast")
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     """AdamW over the trainable parameters + ``lr_at`` as a LambdaLR (stepped by the engine once per
-    optimizer step, i.e. every ``grad_accum_steps`` micro-batches)."""
+    optimizer step, i.e. every ``grad_accum_steps`` micro-batches).
+
+    The fused AdamW kernel (CPU and CUDA): on CPU torch otherwise takes a Python loop over the parameters,
+    a fifth of a toy LDM stage's step (3x the fused kernel's time on the demo's UNets)."""
     params = [p for p in model.parameters() if p.requires_grad]
     o = cfg.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_at(step, 1.0, o.warmup_steps, cfg.max_steps, o.min_lr_ratio))
     return optimizer, scheduler

@@ -28,7 +28,7 @@ from common.config import from_dict
 from common.errors import ConfigError
 from training.checkpointing import state_digest
 from training.config import TrainConfig
-from training.engine import build_optimizer, compute_dtype, deepspeed_config, gathered_state
+from training.engine import autocast, build_optimizer, compute_dtype, deepspeed_config, gathered_state
 
 DEEPSPEED_TAG = "deepspeed"
 STATE_NAME = "train_state.json"
@@ -121,6 +121,10 @@ def build_engine(cfg: TrainConfig, task):
     optimizer, scheduler = build_optimizer(trainable, cfg)
     engine, _, _, _ = deepspeed.initialize(model=trainable, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg))
+    if engine.world_size == 1 and cfg.zero_stage == 0:
+        # averaging gradients over one rank is the identity; DeepSpeed would still flatten, all-reduce and
+        # copy back every gradient (a tenth of a toy stage's step)
+        engine.enable_backward_allreduce = False
     if frozen is not None:
         frozen.to(engine.device)
     return engine, frozen, scheduler
@@ -253,7 +257,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             else:
                 epoch, batch = next(batches)
                 seen = epoch
-            loss = task.loss(engine, task.batch_inputs(batch, frozen, generator, engine.device), dtype)
+            inputs = task.batch_inputs(batch, frozen, generator, engine.device)   # frozen encoders: fp32
+            with autocast(cfg, engine.device):
+                loss = task.loss(engine, inputs, dtype)
             engine.backward(loss)
             engine.step()
             losses.append(loss.item())

@@ -73,6 +73,7 @@ class Budget:
     warmup: int = 0
     checkpoint_every: int = 0          # 0: at the end only
     log_every: int = 1
+    precision: str = "fp32"            # TrainConfig.precision (bf16_autocast: conv-heavy stages on CPUs with AMX)
 
 
 # two steps of batch 2 on each of two data-parallel workers of 0.75 CPUs: a stage still reserves 1.5 logical
@@ -88,7 +89,8 @@ def stage(name: str, task: TaskConfig, data: str, budget: Budget = DEBUG, codecs
                                         if getattr(task, f) is not None})
     task = dataclasses.replace(task, codecs=dataclasses.replace(task.codecs, path=codecs))
     b = budget
-    return TrainConfig(name=name, task=task, seed=0, zero_stage=0, batch_size_per_worker=b.batch, max_steps=b.steps,
+    return TrainConfig(name=name, task=task, seed=0, zero_stage=0, precision=b.precision,
+                       batch_size_per_worker=b.batch, max_steps=b.steps,
                        log_every=b.log_every, checkpoint_every=b.checkpoint_every or b.steps,
                        optim=OptimConfig(lr=b.lr, warmup_steps=b.warmup), ema=EMAConfig(decay=0.999),
                        scaling=ScalingConfig(b.workers, WorkerResources(cpus=b.cpus)))

@@ -171,3 +171,42 @@ def test_video_ldm_with_cross_attention_trains_video_layers_and_attn2_alone(code
     assert any("connecters" in n and ".attn2." in n for n, _ in connected.named_parameters())
     with pytest.raises(ValueError, match=r"one of all, video_layers, video_layers\+cross_attention"):
         LDMObjective("video", train="cross_attention")
+
+
+@pytest.mark.parametrize("precision, want", [("bf16_autocast", torch.bfloat16), ("fp32", torch.float32)])
+def test_precision_bf16_autocast_computes_in_bf16_and_keeps_fp32_weights(codecs, precision, want):
+    """``precision=bf16_autocast`` (the demo's audio LDM): the UNet's convolutions run in bf16 under the loop's
+    ``autocast`` context, the loss, weights and gradients stay fp32, the loss is the fp32 loss to bf16's
+    precision (oracle: the same call without autocast), and it trains."""
+    from training.config import TrainConfig
+    from training.engine import autocast
+
+    torch.manual_seed(0)
+    task = LDMTask(LDMObjective("audio", ConditionConfig({"text": 1.0}, drop_prob=0.1)), tiny_codi(audio=tiny_audio()),
+                   lambda: codecs)
+    model = task.build_trainable()
+    inputs = task.batch_inputs(audiocaps_batch(4), codecs, torch.Generator().manual_seed(0), torch.device("cpu"))
+    seen = []
+    for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
+        conv.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    cfg = TrainConfig(precision=precision)
+    with torch.no_grad():
+        reference = task.loss(model, inputs).item()
+    seen.clear()
+    with autocast(cfg, torch.device("cpu")):
+        loss = task.loss(model, inputs)
+    assert seen and set(seen) == {want}
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(reference, rel=3e-2)
+    loss.backward()
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters()
+               if p.requires_grad and p.grad is not None)
+    if precision == "bf16_autocast":
+        opt, losses = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3), []
+        for _ in range(20):
+            with autocast(cfg, torch.device("cpu")):
+                step_loss = task.loss(model, inputs)
+            opt.zero_grad()
+            step_loss.backward()
+            opt.step()
+            losses.append(step_loss.item())
+        assert losses[-1] < 0.6 * losses[0], losses
