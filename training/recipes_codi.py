@@ -73,7 +73,7 @@ class Budget:
     warmup: int = 0
     checkpoint_every: int = 0          # 0: at the end only
     log_every: int = 1
-    precision: str = "fp32"            # TrainConfig.precision (bf16_autocast: conv-heavy stages on CPUs with AMX)
+    precision: str = "fp32"            # TrainConfig.precision
 
 
 # two steps of batch 2 on each of two data-parallel workers of 0.75 CPUs: a stage still reserves 1.5 logical

@@ -5,6 +5,8 @@
 the gathered weights after every step are recorded and the rank-0 EMA is compared with the closed
 form over that recorded sequence; a checkpoint is saved and resumed into a fresh engine.
 ``accum``: under ZeRO-2, two micro-batches of b accumulated equal one step on the batch of 2b.
+``zero0``: on one ZeRO-0 rank the engine skips DeepSpeed's gradient all-reduce (an identity over one rank)
+and its steps equal those of the same engine that runs it.
 """
 
 from __future__ import annotations
@@ -138,7 +140,37 @@ def accum() -> dict:
     return {"max_abs_diff": diff, "max_update": moved}
 
 
+def zero0() -> dict:
+    from training.engine import compute_dtype
+    from training.loop import build_engine
+    from training.recipes import text_to_image_demo_debug
+    from training.task import build_task
+
+    base = text_to_image_demo_debug()
+    cfg = dataclasses.replace(base, zero_stage=0, optim=dataclasses.replace(base.optim, lr=3e-3, warmup_steps=2))
+    task = build_task(cfg)
+    torch.manual_seed(0)
+    engines = [build_engine(cfg, task) for _ in range(2)]     # (engine, frozen, scheduler) twice
+    skipping, reducing = engines[0][0], engines[1][0]
+    built_with = skipping.enable_backward_allreduce
+    reducing.enable_backward_allreduce = True                 # DeepSpeed's own path: flatten, all-reduce, copy back
+    reducing.module.load_state_dict(skipping.module.state_dict())
+    initial = {k: v.detach().clone() for k, v in skipping.module.state_dict().items()}
+    frozen = engines[0][1]
+    for s in range(4):
+        inputs = task.batch_inputs(batch_of(4, cfg.model.image_size, s), frozen, torch.Generator().manual_seed(s),
+                                   skipping.device)
+        for engine in (skipping, reducing):
+            engine.backward(task.loss(engine, inputs, compute_dtype(cfg)))
+            engine.step()
+    got, want = skipping.module.state_dict(), reducing.module.state_dict()
+    return {"allreduce": built_with, "fused": skipping.optimizer.defaults.get("fused"),
+            "max_abs_diff": max((got[k] - want[k]).abs().max().item() for k in want),
+            "max_update": max((want[k] - initial[k]).abs().max().item() for k in want)}
+
+
 if __name__ == "__main__":
     init_dist(sys.argv[2])
-    result = zero3(Path(sys.argv[3])) if sys.argv[1] == "zero3" else accum()
+    cases = {"zero3": lambda: zero3(Path(sys.argv[3])), "accum": accum, "zero0": zero0}
+    result = cases[sys.argv[1]]()
     print(json.dumps(result))

@@ -1,7 +1,8 @@
 """The training engine on one DeepSpeed rank (gloo, world size 1, CPU), each case in its own process
 (tests/training/engine_single_rank.py): ZeRO-3 with the frozen text tower outside the engine, its
 rank-0 EMA against the closed form over the weights actually produced, its checkpoint round trip;
-and gradient accumulation under ZeRO-2 against one step on the whole batch."""
+gradient accumulation under ZeRO-2 against one step on the whole batch; ZeRO-0's single-rank step
+without DeepSpeed's gradient all-reduce against the step with it."""
 
 from __future__ import annotations
 
@@ -46,3 +47,11 @@ def test_two_accumulated_micro_batches_equal_one_step_on_the_whole_batch():
     # 3 SGD steps; the same draws of t, ε and caption dropout in both runs
     assert s["max_update"] > 1e-2, s                   # the steps moved the weights visibly
     assert s["max_abs_diff"] < 1e-6, s               # measured 1.5e-8 (fp32 summation order)
+
+
+@pytest.mark.timeout(300)  # measured ~25 s
+def test_a_single_zero0_rank_skips_the_all_reduce_and_steps_the_same():
+    s = run_case("zero0", "29663")
+    assert s["allreduce"] is False and s["fused"] is True, s   # what build_engine sets up on one ZeRO-0 rank
+    assert s["max_update"] > 1e-3, s                           # 4 AdamW steps at lr 3e-3 moved the weights
+    assert s["max_abs_diff"] == 0.0, s                         # all-reducing over one rank changes nothing
