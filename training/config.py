@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 from common.resources import WorkerResources
 from models.text_to_image import TextToImageModelConfig
 from common.storage import S3Config
 from training.task_config import TaskConfig
+
+Precision = Literal["fp32", "bf16", "bf16_autocast"]   # TrainConfig.precision (see there)
 
 
 @dataclass
@@ -96,7 +98,7 @@ class TrainConfig:
     # bf16_autocast: fp32 weights, gradients and optimizer, the trained model's forward under
     # torch.autocast(bf16) (convolutions and matmuls in bf16). On CPUs with AMX / AVX512-BF16 it made the
     # demo's audio LDM 34 % faster (training/schedules.py); it is slower than fp32 for tiny UNets
-    precision: Literal["fp32", "bf16", "bf16_autocast"] = "fp32"
+    precision: Precision = "fp32"
     grad_accum_steps: int = 1     # micro-batches of batch_size_per_worker per optimizer step
     activation_checkpointing: bool = False  # for models with ``set_gradient_checkpointing``
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -111,6 +113,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.precision not in get_args(Precision):
+            raise ValueError(f"precision must be one of {', '.join(get_args(Precision))}, got {self.precision!r}")
         if min(self.batch_size_per_worker, self.max_steps, self.log_every, self.checkpoint_every,
                self.grad_accum_steps) < 1:
             raise ValueError("batch_size_per_worker, max_steps, log_every, checkpoint_every and "

@@ -121,9 +121,10 @@ def build_engine(cfg: TrainConfig, task):
     optimizer, scheduler = build_optimizer(trainable, cfg)
     engine, _, _, _ = deepspeed.initialize(model=trainable, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg))
-    if engine.world_size == 1 and cfg.zero_stage == 0:
+    if engine.world_size == 1 and cfg.zero_stage == 0 and cfg.precision != "bf16":
         # averaging gradients over one rank is the identity; DeepSpeed would still flatten, all-reduce and
-        # copy back every gradient (a tenth of a toy stage's step)
+        # copy back every gradient (a tenth of a toy stage's step). Not under DeepSpeed's bf16, whose
+        # optimizer keeps its own fp32 gradient buffers (untested without the all-reduce)
         engine.enable_backward_allreduce = False
     if frozen is not None:
         frozen.to(engine.device)

@@ -20,7 +20,7 @@ from common.resources import WorkerResources
 from common.storage import S3Config
 from models.codi import CoDiConfig
 from models.codi.config import UNetSpec
-from training.config import EMAConfig, OptimConfig, ScalingConfig, TrainConfig
+from training.config import EMAConfig, OptimConfig, Precision, ScalingConfig, TrainConfig
 from training.task_config import DEBUG_CODECS, CodecsSource, TaskConfig
 from training.tasks.autoencoder import AutoencoderObjective
 from training.tasks.bridging import BridgingObjective
@@ -73,7 +73,7 @@ class Budget:
     warmup: int = 0
     checkpoint_every: int = 0          # 0: at the end only
     log_every: int = 1
-    precision: str = "fp32"            # TrainConfig.precision
+    precision: Precision = "fp32"      # TrainConfig.precision
 
 
 # two steps of batch 2 on each of two data-parallel workers of 0.75 CPUs: a stage still reserves 1.5 logical

@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from training.config import ScalingConfig, TrainConfig
+from training.config import Precision, ScalingConfig, TrainConfig
 from training import recipes_codi as rc
 from training.recipes import text_to_image_demo_debug
 from training.schedule import CurriculumPhase, Schedule, Stage
@@ -107,7 +107,8 @@ def codi_debug() -> Schedule:
                          "debug", video_curriculum(1, 2), image_fraction=0.5)
 
 
-def demo_budget(steps: int, batch: int = 8, lr: float = 1e-3, workers: int = 1, precision: str = "fp32") -> rc.Budget:
+def demo_budget(steps: int, batch: int = 8, lr: float = 1e-3, workers: int = 1,
+                precision: Precision = "fp32") -> rc.Budget:
     """``workers`` sharing 1.5 logical CPUs (two stages side by side on the demo's 4 logical CPUs, one
     left for Ray Data: on 2 cores, more stages at once only slow each other), a short warmup, a loss line
     every 25 steps."""
@@ -171,8 +172,8 @@ def codi_demo() -> Schedule:
     no vocoder stage: a HiFi-GAN from scratch reached 16 % pitch accuracy after 300 CPU steps), each
     stage on one worker of 1.5 logical CPUs for the steps of ``DEMO_BUDGETS``."""
     video = DEMO_BUDGETS["video_ldm"].steps
-    budgets = {name: b if cpu_has_bf16() else dataclasses.replace(b, precision="fp32")
-               for name, b in DEMO_BUDGETS.items()}
+    bf16 = cpu_has_bf16()
+    budgets = {name: b if bf16 else dataclasses.replace(b, precision="fp32") for name, b in DEMO_BUDGETS.items()}
     return codi_schedule(budgets, "toy", video_curriculum(video // 2, video), vocoder=False)
 
 

@@ -48,3 +48,5 @@ def test_engine_fields_are_validated():
         TrainConfig(zero_stage=4)
     with pytest.raises(ValueError, match="grad_accum_steps must be >= 1"):
         TrainConfig(grad_accum_steps=0)
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, bf16_autocast, got 'bf16_autocat'"):
+        TrainConfig(precision="bf16_autocat")
