@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Re-install whenever pyproject.toml changes (the stamp is named by its hash).
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
-# DeepSpeed JIT-builds a comm op on first use (60-80 s on 2 cores); keep the build across runs.
-export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/codiray/torch_extensions
+# DeepSpeed JIT-builds a comm op on first use (60-80 s on 2 cores); keep the build across runs, in the
+# venv: a build is tied to its venv's paths, so two clones sharing one folder would rebuild it in turn.
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-fast

@@ -268,6 +268,7 @@ def deepspeed_single_process(model, optimizer, scheduler, cfg):
     import deepspeed
     import torch.distributed as dist
 
+    from training.engine import clear_stale_build_locks
     from training.loop import deepspeed_config
 
     with socket.socket() as sock:
@@ -279,6 +280,7 @@ def deepspeed_single_process(model, optimizer, scheduler, cfg):
     try:
         if not dist.is_initialized():
             deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+        clear_stale_build_locks()
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=deepspeed_config(cfg))
     finally:

@@ -7,6 +7,7 @@ Ray and every test server bind loopback and any accidental download fails loudly
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,7 +15,6 @@ from pathlib import Path
 import pytest
 
 # Set before anything imports ray: a ~/.ray/auth_token in the real HOME would switch token auth on.
-_REAL_HOME = Path.home()
 _HOME = Path(tempfile.mkdtemp(prefix="codiray-test-home-"))
 os.environ["HOME"] = str(_HOME)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -31,8 +31,9 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "codiray-test-secret")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("AWS_ENDPOINT_URL_S3", None)
-# DeepSpeed JIT-builds a comm op on first use (60-80 s on 2 cores): keep it across runs.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(_REAL_HOME / ".cache" / "codiray" / "torch_extensions"))
+# DeepSpeed JIT-builds a comm op on first use (60-80 s on 2 cores): keep it across runs, in this venv (a
+# build is tied to its venv's paths: clones sharing one folder would rebuild it in turn, as the Makefile says).
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 
 @pytest.fixture(scope="session")

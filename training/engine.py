@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator
+import os
+import time
+from pathlib import Path
+from typing import Iterator, Optional
 
 import torch
 
@@ -69,6 +72,35 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_at(step, 1.0, o.warmup_steps, cfg.max_steps, o.min_lr_ratio))
     return optimizer, scheduler
+
+
+# A JIT build of DeepSpeed's CPU comm op takes 60-80 s on 2 cores; a build lock this old has no builder left.
+STALE_BUILD_LOCK_S = 600.0
+
+
+def clear_stale_build_locks(root: Optional[str] = None, older_than_s: float = STALE_BUILD_LOCK_S) -> list[Path]:
+    """Remove torch JIT-extension build locks that no builder holds any more; returns what was removed.
+
+    torch serialises an extension's build on a ``lock`` file in its build folder (``FileBaton``), and every
+    other process that wants the op waits for it to disappear — forever, when the builder was killed mid-build
+    (a run stopped during DeepSpeed's first ``initialize``). A lock older than ``older_than_s`` is such a
+    leftover. ``root``: ``TORCH_EXTENSIONS_DIR``, else torch's default build root."""
+    if root is None:
+        from torch.utils.cpp_extension import get_default_build_root
+
+        root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    removed, now = [], time.time()
+    for lock in [*Path(root).glob("*/lock"), *Path(root).glob("*/*/lock")]:
+        try:
+            age = now - lock.stat().st_mtime
+            if age > older_than_s:
+                lock.unlink()
+        except FileNotFoundError:   # the build finished, or another rank removed it first
+            continue
+        if age > older_than_s:
+            removed.append(lock)
+            print(f"removed a stale extension build lock ({age:.0f} s old, no build takes that long): {lock}", flush=True)
+    return removed
 
 
 def zero_init(cfg: TrainConfig, ds_config: dict):

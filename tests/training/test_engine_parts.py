@@ -148,3 +148,28 @@ def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path):
     events.Reload()
     assert [(e.step, round(e.value, 6)) for e in events.Scalars("loss")] == [(2, 0.75), (4, 0.5), (6, 0.25)]
     assert [e.step for e in events.Scalars("lr")] == [2, 4, 6]
+
+
+def test_a_killed_extension_build_no_longer_blocks_the_next_one(tmp_path, capsys):
+    """torch's JIT builds serialise on a ``FileBaton`` lock in the op's build folder; a builder killed
+    mid-build leaves it and every later ``deepspeed.initialize`` waits forever. ``clear_stale_build_locks``
+    removes a lock older than any build (the baton can be taken again) and keeps a fresh one (a build in
+    progress), under ``TORCH_EXTENSIONS_DIR`` and torch's versioned subfolders alike."""
+    from torch.utils.file_baton import FileBaton
+
+    from training.engine import STALE_BUILD_LOCK_S, clear_stale_build_locks
+
+    stale_dir, fresh_dir = tmp_path / "deepspeed_shm_comm", tmp_path / "py312_cpu" / "other_op"
+    for d in (stale_dir, fresh_dir):
+        d.mkdir(parents=True)
+        assert FileBaton(str(d / "lock")).try_acquire()      # a builder takes the baton ... and is killed
+    old = os.path.getmtime(stale_dir / "lock") - STALE_BUILD_LOCK_S - 5
+    os.utime(stale_dir / "lock", (old, old))
+    assert not FileBaton(str(stale_dir / "lock")).try_acquire()   # without the fix: held forever
+
+    removed = clear_stale_build_locks(str(tmp_path))
+    assert removed == [stale_dir / "lock"]
+    assert "stale extension build lock" in capsys.readouterr().out
+    assert FileBaton(str(stale_dir / "lock")).try_acquire()       # the next build can start
+    assert (fresh_dir / "lock").exists() and not FileBaton(str(fresh_dir / "lock")).try_acquire()
+    assert clear_stale_build_locks(str(tmp_path / "missing")) == []
