@@ -358,6 +358,7 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-al
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.met { background: #c8e6c9; } td.missed { background: #ffcdd2; } .na { color: #777; }
 .meta { color: #666; font-size: 0.9em; }
+svg.dag { display: block; max-width: 100%; height: auto; }   /* a deep schedule scales to the page */
 .swatch { display: inline-block; width: 12px; height: 12px; border: 1px solid #333; margin: 0 3px 0 8px; }
 .stages, .grid { display: flex; flex-wrap: wrap; gap: 12px; }
 .stagecard, .sample { border: 1px solid #ddd; border-radius: 6px; padding: 8px; }

@@ -112,6 +112,9 @@ PROBE = """(async () => {
                             error: m.error && m.error.code, duration: m.duration,
                             coloured: m.tagName === 'VIDEO' && m.readyState >= 2 ? colouredPixels(m) : null})),
     svgs: document.querySelectorAll('svg').length,
+    // what a reader must scroll sideways for: the page's and the schedule DAG's width against the window's
+    viewport: window.innerWidth, page_width: document.documentElement.scrollWidth,
+    dag_width: (document.querySelector('svg.dag') || {getBoundingClientRect: () => ({right: 0})}).getBoundingClientRect().right,
   });
 })()"""
 

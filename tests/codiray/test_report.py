@@ -260,8 +260,27 @@ def test_report_loads_in_headless_chromium(report, tmp_path):
         assert abs(m["duration"] - 2.0) < 0.15, m                  # the toy clips and sounds last 2 s
     assert all(m["coloured"] > 20 for m in found["media"] if m["tag"] == "VIDEO"), found
     assert found["svgs"] == 1 + 3                                 # the DAG and three loss curves (one from S3)
+    assert found["page_width"] <= found["viewport"] and 0 < found["dag_width"] <= found["viewport"], found
 
     pixels = np.asarray(Image.open(io.BytesIO(screenshot.read_bytes())).convert("RGB")).reshape(-1, 3).astype(int)
     assert pixels.shape[0] >= 1280 * 900 and pixels.std() > 20    # not blank
     for colour in ("red", "blue"):                                # the generated images are on screen
         assert (np.abs(pixels - np.array(COLORS[colour])).sum(axis=1) < 30).sum() > 500, colour
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_long_schedule_dag_fits_the_window(report, tmp_path):
+    """The demo's schedule is eight stages deep (1974 px at the DAG's natural size): drawn in a 1280-px
+    window it is scaled to the page's width, not cut off at the right edge."""
+    chain = [f"stage{i}" for i in range(8)]
+    schedule = tmp_path / "schedule.json"
+    schedule.write_text(json.dumps({"name": "deep", "stages": [
+        {"name": n, "kind": "ldm", "needs": chain[i - 1:i], "status": "done"} for i, n in enumerate(chain)]}))
+    out = tmp_path / "report"
+    assert main(["report", "--generations", str(report["generations"]), "--metrics",
+                 str(report["root"] / "metrics" / "metrics.json"), "--schedule", str(schedule), "--out", str(out)]) == 0
+    found, errors, log, _ = open_in_chromium(out / "report.html", tmp_path)
+    assert errors == [], (errors, log)
+    assert found["page_width"] <= found["viewport"] == 1280, found
+    assert 1000 < found["dag_width"] <= found["viewport"], found
