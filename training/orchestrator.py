@@ -172,7 +172,7 @@ def run_schedule(schedule_fn: Callable[[], Schedule], name: str, storage_path: s
             if records[n]["status"] != "pending" or not all(records[m]["status"] in FINISHED for m in planned[n].stage.needs):
                 continue
             in_flight = [planned[m].resources for m in running.values()]
-            if running and not fits_beside(planned[n].resources, in_flight, cluster):
+            if running and not fits_beside(planned[n].resources, in_flight, cluster, nodes=nodes):
                 continue  # waits for a running stage to finish and free its workers
             ref = start(planned[n], records, data, task)
             if ref is not None:

@@ -242,13 +242,38 @@ def never_fits(name: str, res: StageResources, nodes: list[Mapping[str, float]])
 DATA_RESERVE = {"CPU": 1.0}   # left free beside concurrent stages: Ray Data's read tasks take a whole CPU
 
 
+def place_workers(res: StageResources, free: list[dict[str, float]]) -> bool:
+    """Put the stage's workers on the nodes' ``free`` resources one by one (each on the node with the most
+    CPU left that holds it; Ray Train's placement groups may spread a stage's workers), subtracting what
+    each takes. False when a worker finds no node (``free`` then holds the workers placed so far)."""
+    for _ in range(res.num_workers):
+        fitting = [node for node in free if workers_per_node(res.per_worker, node) >= 1]
+        if not fitting:
+            return False
+        node = max(fitting, key=lambda n: n.get("CPU", 0.0))
+        for k, v in res.per_worker.items():
+            node[k] = node.get(k, 0.0) - v
+    return True
+
+
 def fits_beside(res: StageResources, in_flight: list[StageResources], cluster: Mapping[str, float],
-                reserve: Mapping[str, float] = DATA_RESERVE) -> bool:
+                reserve: Mapping[str, float] = DATA_RESERVE,
+                nodes: Optional[list[Mapping[str, float]]] = None) -> bool:
     """Whether the stage's workers fit the cluster's totals next to the stages already in flight, with
     ``reserve`` left over (else every stage's streaming read waits for a CPU that never frees: measured,
-    the demo's three concurrent stages left 0.25 CPU and all of them stalled)."""
+    the demo's three concurrent stages left 0.25 CPU and all of them stalled) — and, given the ``nodes``
+    (each node's total resources), whether each of its workers finds a node with room once the stages in
+    flight are placed: totals alone would start a stage whose workers fit the sum of the leftovers but no
+    single node, which then waits for Ray to place it while the orchestrator counts it as running."""
     used: dict[str, float] = dict(reserve)
     for other in in_flight:
         for k, v in other.total().items():
             used[k] = used.get(k, 0.0) + v
-    return all(used.get(k, 0.0) + v <= cluster.get(k, 0.0) + 1e-9 for k, v in res.total().items())
+    if not all(used.get(k, 0.0) + v <= cluster.get(k, 0.0) + 1e-9 for k, v in res.total().items()):
+        return False
+    if nodes is None:
+        return True
+    free = [dict(node) for node in nodes]
+    for other in in_flight:
+        place_workers(other, free)     # where Ray put them may differ; what did not place here is not counted
+    return place_workers(res, free)

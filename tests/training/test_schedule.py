@@ -82,6 +82,25 @@ def test_stages_in_flight_are_capped_by_the_cluster_totals_with_a_cpu_left_for_r
     assert fits_beside(res(1, gpus=1), [res(3)], cluster) and not fits_beside(res(1, gpus=1), [res(1, gpus=1)], cluster)
 
 
+def test_stages_in_flight_are_placed_node_by_node():
+    """Two nodes of 4 CPUs, a stage of one 2.5-CPU worker running on each: 3 CPUs are left in all (1 for the
+    reads, 2 for a stage), but 1.5 on each node, so a 2-CPU worker fits no node and must wait; a 1.5-CPU one
+    fits. Without ``nodes`` the totals alone decide (and would start the 2-CPU stage to wait on Ray)."""
+    nodes = [{"CPU": 4.0, "memory": 8e9}, {"CPU": 4.0, "memory": 8e9}]
+    cluster = {"CPU": 8.0}
+    running = [res(1, cpus=2.5), res(1, cpus=2.5)]
+    assert fits_beside(res(1, cpus=2), running, cluster)                          # the totals: 1 + 5 + 2 <= 8
+    assert not fits_beside(res(1, cpus=2), running, cluster, nodes=nodes)
+    assert fits_beside(res(1, cpus=1.5), running, cluster, nodes=nodes)
+    # a stage's workers may spread: two 1.5-CPU workers take one node each
+    assert fits_beside(res(2, cpus=1.5), running, {"CPU": 9.0}, nodes=nodes)
+    assert not fits_beside(res(2, cpus=1.5), running + [res(1, cpus=1.5)], {"CPU": 20.0}, nodes=nodes)
+    # a GPU stage finds the one node with a GPU taken
+    gpu_nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0}]
+    assert not fits_beside(res(1, gpus=1), [res(1, gpus=1)], {"CPU": 16.0, "GPU": 2.0}, nodes=gpu_nodes)
+    assert fits_beside(res(1, gpus=1), [res(2)], {"CPU": 16.0, "GPU": 1.0}, nodes=gpu_nodes)
+
+
 def test_stage_configs_get_their_run_data_and_scoped_overrides(tmp_path):
     names = ["a", "b"]
     s = stage("a", data="laion")
