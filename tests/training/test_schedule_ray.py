@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import time
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 
 from common.errors import JobFailed, UsageError
@@ -46,8 +48,10 @@ def test_a_stage_that_can_never_fit_fails_before_anything_starts(ray_local, tmp_
 
 
 def with_a_failing_branch() -> Schedule:
-    """engine_debug plus a stage reading shards that do not exist and a stage that needs it."""
+    """engine_debug plus a stage reading shards that do not exist and a stage that needs it, and a stage
+    whose worker process dies after its first step (``debug.fail_at_step``, set by the test)."""
     return Schedule([*engine_debug().stages,
+                     Stage("dies", "ldm", recipe=one_worker_t2i_debug, data="laion"),
                      Stage("bad", "ldm", recipe=one_worker_t2i_debug, data="missing"),
                      Stage("after_bad", "distillation", recipe=one_worker_t2i_debug, data="laion", needs=["bad"])])
 
@@ -64,12 +68,21 @@ def test_engine_debug_runs_stages_concurrently_records_them_and_skips_them_on_re
     overrides = ["max_steps=2", "checkpoint_every=2", "log_every=1"]
 
     with pytest.raises(JobFailed) as err:
-        run_schedule(with_a_failing_branch, "exp", str(runs), data=data, overrides=overrides)
-    assert "2 stage(s) failed: bad (UsageError:" in str(err.value)
+        run_schedule(with_a_failing_branch, "exp", str(runs), data=data,
+                     overrides=overrides + ["dies:debug.fail_at_step=1", "dies:debug.fail_rank=0"])
+    assert "3 stage(s) failed: dies (" in str(err.value) and "; bad (UsageError:" in str(err.value)
     record = json.loads((runs / "exp" / "schedule.json").read_text())
     stages = {r["name"]: r for r in record["stages"]}
     a, b, c = stages["a"], stages["b"], stages["c"]
-    assert [stages[n]["status"] for n in ("a", "b", "c", "bad", "after_bad")] == ["done", "done", "done", "failed", "failed"]
+    assert [stages[n]["status"] for n in ("a", "b", "c", "dies", "bad", "after_bad")] == \
+        ["done", "done", "done", "failed", "failed", "failed"]
+    assert stages["dies"]["checkpoint"] is None and stages["dies"]["reason"], stages["dies"]
+    # nothing stays reserved: every placement group Ray Train made (the dead stage's too) was removed
+    deadline = time.monotonic() + 30
+    while (left := [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]) and \
+            time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == [], left
     assert stages["bad"]["reason"] == f"UsageError: {tmp_path / 'nowhere'}: no manifest.json — is this the --out of 'codiray prepare'?"
     assert stages["after_bad"]["reason"] == f"needs bad, which failed: {stages['bad']['reason']}"
     assert stages["after_bad"]["started"] is None  # never launched
