@@ -1,6 +1,7 @@
 """Sampling through the cascade — Imagen Video §2.5 with §2.1's sampler: base → TSR → SSR.
 
     base:    z_1 ~ N(0, I);  x = DDIM_{η=0}(v̂_θ(z_t, t))                       (continuous cosine, v-prediction)
+             with guidance weight w: v̂ ← (1 + w)·v̂_θ(z_t, t, text) − w·v̂_θ(z_t, t, ∅)    (Eq. 5, every stage)
     TSR/SSR: c' = α' x_prev + σ' ε'  at the fixed sampling λ' (``NoiseAugmentationConfig.sampling_level``)
              c  = repeat_k(c')  (TSR, frames × k)   or   up_bilinear(c')  (SSR, pixels × s)
              x  = DDIM_{η=0}(v̂_θ(concat(z_t, c), t, λ'))
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from models.diffusion.cascade import noise_augment
 from models.diffusion.config import build_schedule, conditioning_time, sample_noise
-from models.diffusion.guidance import ClipSpec
+from models.diffusion.guidance import ClipSpec, classifier_free_guidance
 from models.diffusion.samplers import ddim_sample
 from models.diffusion.schedules import continuous_timesteps
 from training.objectives import ssr_condition, tsr_condition
@@ -29,11 +30,30 @@ from training.tasks.cascade import CascadeDenoiser, CascadeObjective
 CascadeFn = Callable[[Tensor, Tensor, Optional[Tensor], Optional[Tensor]], Tensor]   # (z_t, t, c, λ') -> v̂
 
 
-def cascade_denoiser(model: CascadeDenoiser, objective: CascadeObjective, context: Tensor) -> CascadeFn:
-    """A loaded stage as the sampler's ``(z_t, t, c, λ') -> v̂``, conditioned on ``context`` (b, n, d)."""
+def cascade_denoiser(model: CascadeDenoiser, objective: CascadeObjective, context: Tensor,
+                     null: Optional[Tensor] = None, w: float = 0.0) -> CascadeFn:
+    """A loaded stage as the sampler's ``(z_t, t, c, λ') -> v̂``, conditioned on ``context`` (b, n, d).
+
+    With Imagen's guidance weight ``w`` > 0 and ``null`` (the empty prompt's embedding, (1 or b, n, d): what
+    the stage saw for the captions its training dropped, ``objective.condition.drop_prob``), classifier-free
+    guidance on v̂ — Imagen Video Eq. 5, ṽ = (1 + w)·v̂(z, c) − w·v̂(z): v̂ is linear in the network's output
+    for a given z_t, so guiding it guides x̂ and ε̂ alike. One batched forward on [context; null], the
+    low-res conditioning and λ' the same in both halves."""
+    if w < 0:
+        raise ValueError(f"guidance weight w must be >= 0 (0: unguided), got {w}")
+    if w > 0 and null is None:
+        raise ValueError("guidance needs the null (empty prompt) embedding")
+
     def denoise(z: Tensor, t: Tensor, cond: Optional[Tensor], log_snr: Optional[Tensor]) -> Tensor:
         time = conditioning_time(objective.diffusion, t).to(z.device)
-        return model(z.float(), time, context.to(z.device), cond, log_snr)
+        if w == 0:
+            return model(z.float(), time, context.to(z.device), cond, log_snr)
+
+        def both_halves(zz: Tensor, tt: Tensor, ctx: Tensor) -> Tensor:
+            twice = (lambda x: None if x is None else torch.cat([x, x]))
+            return model(zz, tt, ctx, twice(cond), twice(log_snr))
+
+        return classifier_free_guidance(both_halves, z.float(), time, context.to(z.device), null.to(z.device), w)
     return denoise
 
 

@@ -25,6 +25,7 @@ import torch
 from common import storage
 from common.config import to_dict
 from common.errors import UsageError
+from models.diffusion.guidance import imagen_weight_from_scale
 from training import generate_media as media
 from training.cascade_sampling import cascade_denoiser, sample_cascade
 from training.run_model import SCHEDULE_JSON, finished_stages, is_run_folder, run_uri
@@ -86,24 +87,45 @@ def base_shape(configs: list[CascadeConfig], batch: int, frames: int, size: int)
     return (batch, configs[0].unet.out_channels, f, s, s)
 
 
+def guidance_weight(args) -> float:
+    """Imagen's w for every stage: ``--guidance-weight W``, or ``--guidance-scale S`` as w = S − 1; unguided
+    (w = 0) when neither is given. Oscillating guidance (``--guidance-low``) is not offered here."""
+    if getattr(args, "guidance_low", None) is not None or getattr(args, "guidance_constant_steps", None) is not None:
+        raise UsageError("generate --cascade: oscillating guidance (--guidance-low, --guidance-constant-steps) is "
+                         "not offered for the cascade; give one --guidance-weight")
+    if args.guidance_weight is not None:
+        w = args.guidance_weight
+    elif args.guidance_scale is not None:
+        w = imagen_weight_from_scale(args.guidance_scale)
+    else:
+        return 0.0
+    if w < 0:
+        raise UsageError(f"generate --cascade: the guidance weight must be >= 0 (0: unguided; a scale >= 1), got {w:g}")
+    return float(w)
+
+
 def run(args) -> int:
     from training.recipes_codi import stage_config
     from training.task import load_codecs
 
     if not args.prompt:
         raise UsageError("generate --cascade: give at least one --prompt")
+    w = guidance_weight(args)
     stages = pick_cascade(args.checkpoint)
     if not stages[0].codecs_of:
         raise UsageError(f"{stages[0].folder}: no train_config.yaml one level up names the codecs that embed "
                          "the prompt; point --checkpoint at the schedule run folder")
     loaded = [load_cascade(s.folder) for s in stages]
     models, configs = [m.eval() for m, _ in loaded], [c for _, c in loaded]
+    if w > 0 and not any(any(c.unet.attention_levels) for c in configs):
+        print(f"note: no stage of this cascade reads the prompt (their UNets have no attention level, so no "
+              f"cross-attention), and guidance (w = {w:g}) changes nothing")
     prompts = [p for p in args.prompt for _ in range(args.num_per_prompt)]
     shape = base_shape(configs, len(prompts), args.frames, args.size)
     codecs = load_codecs(stage_config(stages[0].codecs_of).task.codecs).eval()
     with torch.no_grad():
-        context = codecs.condition("text", prompts).float()
-        chain = [(cascade_denoiser(m, c.objective, context), c.objective) for m, c in zip(models, configs)]
+        context, null = codecs.condition("text", prompts).float(), codecs.null("text", 1).float()
+        chain = [(cascade_denoiser(m, c.objective, context, null, w), c.objective) for m, c in zip(models, configs)]
         steps = [stage_steps(c, args.steps) for c in configs]
         videos = sample_cascade(chain, shape, steps, torch.Generator().manual_seed(args.seed))
     out = Path(args.out)
@@ -115,6 +137,7 @@ def run(args) -> int:
             files.append({"stage": stage.name, "prompt": prompts[i], "video": path.name,
                           "frames": int(row.shape[1]), "size": int(row.shape[-1])})
     record = {"checkpoint": str(args.checkpoint), "prompts": prompts, "seed": args.seed, "fps": args.fps,
+              "guidance_weight": w,
               "stages": [{"name": s.name, "export": s.folder, "steps": n, "config": to_dict(c)}
                          for s, c, n in zip(stages, configs, steps)], "samples": files}
     (out / "generation.json").write_text(json.dumps(record, indent=2))

@@ -133,3 +133,46 @@ def test_an_export_without_its_config_or_with_other_weights_is_one_line_naming_t
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="input channels"):
         dataclasses.replace(base, objective=objective("ssr"))
+
+
+def test_guidance_is_imagen_eq5_on_v_in_one_batched_forward():
+    """A stage whose v̂ is known in closed form from (z, context, c, λ'): the guided denoiser returns
+    (1 + w)·v̂(z, text) − w·v̂(z, ∅) per row, in one forward on [text; null] with the low-res video c and λ'
+    the same in both halves; w = 0 is the plain conditional forward (no null needed)."""
+    calls = []
+
+    def model(z, time, context, cond, log_snr):          # v̂ = z·mean(context) + cond + λ', all per row
+        calls.append(z.shape[0])
+        assert cond.shape[0] == log_snr.shape[0] == z.shape[0] == context.shape[0]
+        return z * context.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1) + cond + log_snr.float().view(-1, 1, 1, 1, 1)
+
+    gen = torch.Generator().manual_seed(0)
+    z, cond = torch.randn(3, 2, 2, 4, 4, generator=gen), torch.randn(3, 2, 2, 4, 4, generator=gen)
+    log_snr = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    context, null = torch.randn(3, 1, 8, generator=gen) + 2.0, torch.randn(1, 1, 8, generator=gen)
+    t = torch.full((3,), 0.5)
+    v = lambda ctx: z * ctx.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1) + cond + log_snr.view(-1, 1, 1, 1, 1).float()
+    for w in (0.0, 1.0, 7.5):
+        calls.clear()
+        out = cascade_denoiser(model, objective("ssr"), context, null, w)(z, t, cond, log_snr)
+        want = (1 + w) * v(context) - w * v(null.expand(3, -1, -1))
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+        assert calls == ([3] if w == 0 else [6])
+    plain = cascade_denoiser(model, objective("ssr"), context)(z, t, cond, log_snr)
+    torch.testing.assert_close(plain, v(context), rtol=1e-5, atol=1e-5)
+    # guidance moves the sample away from the unconditional one: with the point-mass stage below, a guided
+    # base lands at (1 + w)·x(text) − w·x(∅)
+    x_text, x_null = torch.full((1, 3, 2, 4, 4), 0.5), torch.full((1, 3, 2, 4, 4), -0.25)
+
+    def point_by_prompt(z, time, ctx, cond, log_snr):
+        x = torch.where(ctx.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1) > 0, x_text, x_null)
+        return exact_v(lambda _: x)(z, time / 1000.0, cond, log_snr)
+
+    text, empty = torch.ones(1, 1, 8), -torch.ones(1, 1, 8)
+    guided = sample_stage(cascade_denoiser(point_by_prompt, objective("base"), text, empty, 2.0), objective("base"),
+                          x_text.shape, 8, torch.Generator().manual_seed(1), clip_x0=None)
+    torch.testing.assert_close(guided, 3.0 * x_text - 2.0 * x_null, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="null"):
+        cascade_denoiser(model, objective("base"), context, None, 1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        cascade_denoiser(model, objective("base"), context, null, -1.0)

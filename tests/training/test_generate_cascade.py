@@ -16,10 +16,10 @@ from pipelines.toyworld_probes import read_video
 from training.generate_cascade import base_shape, pick_cascade
 from training.tasks.cascade import load_cascade
 
-def generate(run: str, out: Path, seed: int = 0) -> dict:
+def generate(run: str, out: Path, seed: int = 0, *extra: str) -> dict:
     assert cli.main(["generate", "--cascade", "--checkpoint", str(run), "--prompt", "a red circle moving left",
                      "--prompt", "a blue square moving up", "--frames", "4", "--size", "16", "--steps", "2",
-                     "--seed", str(seed), "--out", str(out)]) == 0
+                     "--seed", str(seed), "--out", str(out), *extra]) == 0
     return json.loads((out / "generation.json").read_text())
 
 
@@ -30,7 +30,7 @@ def frames_of(out: Path, record: dict, stage: str) -> list[np.ndarray]:
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # may pay the session's `codiray demo --debug` run (10-15 min)
-def test_cascade_cli_samples_student_then_tsr_then_ssr(codi_demo_debug, tmp_path, monkeypatch):
+def test_cascade_cli_samples_student_then_tsr_then_ssr(codi_demo_debug, tmp_path, monkeypatch, capsys):
     _, paths = codi_demo_debug
     run = paths["run"]
     monkeypatch.setenv("AWS_ENDPOINT_URL", paths["s3"].endpoint_url)   # the standard AWS variable names the store
@@ -50,6 +50,16 @@ def test_cascade_cli_samples_student_then_tsr_then_ssr(codi_demo_debug, tmp_path
         assert all(np.array_equal(x, y) for x, y in same), stage
     assert not all(np.array_equal(x, y) for x, y in zip(frames_of(tmp_path / "a", record, "cascade_ssr"),
                                                         frames_of(tmp_path / "c", other, "cascade_ssr")))
+    # classifier-free guidance (Imagen's w, every stage; its arithmetic: test_cascade_sampling.py) is recorded;
+    # the debug cascade's UNets have no attention level, so they never read the prompt: the CLI says so, and
+    # the guided videos are the unguided ones (to a level of 8 bits: (1 + w)·v − w·v rounds differently)
+    capsys.readouterr()
+    guided = generate(run, tmp_path / "d", 0, "--guidance-weight", "3")
+    assert (record["guidance_weight"], guided["guidance_weight"]) == (0.0, 3.0)
+    assert "no stage of this cascade reads the prompt" in capsys.readouterr().out
+    for stage in stages:
+        same = zip(frames_of(tmp_path / "a", record, stage), frames_of(tmp_path / "d", guided, stage))
+        assert all(np.abs(x.astype(int) - y.astype(int)).max() <= 1 for x, y in same), stage
 
 
 def cascade_config(kind, factor=2):
@@ -72,6 +82,11 @@ def test_cascade_cli_refuses_what_it_cannot_sample(tmp_path, capsys):
     assert cli.main(["generate", "--cascade", "--checkpoint", str(bare), "--prompt", "x", "--output", "audio"]) == 2
     err = capsys.readouterr().err
     assert "--output: --cascade samples video from --prompt text only" in err and len(err.strip().splitlines()) == 1
+    for flags, problem in ((["--guidance-weight", "4", "--guidance-low", "1"], "oscillating guidance"),
+                           (["--guidance-scale", "0.5"], "must be >= 0 (0: unguided; a scale >= 1), got -0.5")):
+        assert cli.main(["generate", "--cascade", "--checkpoint", str(bare), "--prompt", "x", *flags]) == 2
+        err = capsys.readouterr().err
+        assert problem in err and len(err.strip().splitlines()) == 1, err
     (tmp_path / "schedule.json").write_text(json.dumps({"stages": [
         {"name": "image_ldm", "kind": "ldm", "status": "done", "checkpoint": str(tmp_path), "finished": "x"}]}))
     with pytest.raises(UsageError, match="no finished cascade_base"):
