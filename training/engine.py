@@ -93,13 +93,13 @@ def clear_stale_build_locks(root: Optional[str] = None, older_than_s: float = ST
     for lock in [*Path(root).glob("*/lock"), *Path(root).glob("*/*/lock")]:
         try:
             age = now - lock.stat().st_mtime
-            if age > older_than_s:
-                lock.unlink()
+            if age <= older_than_s:
+                continue
+            lock.unlink()
         except FileNotFoundError:   # the build finished, or another rank removed it first
             continue
-        if age > older_than_s:
-            removed.append(lock)
-            print(f"removed a stale extension build lock ({age:.0f} s old, no build takes that long): {lock}", flush=True)
+        removed.append(lock)
+        print(f"removed a stale extension build lock ({age:.0f} s old, no build takes that long): {lock}", flush=True)
     return removed
 
 

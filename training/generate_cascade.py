@@ -90,7 +90,7 @@ def base_shape(configs: list[CascadeConfig], batch: int, frames: int, size: int)
 def guidance_weight(args) -> float:
     """Imagen's w for every stage: ``--guidance-weight W``, or ``--guidance-scale S`` as w = S − 1; unguided
     (w = 0) when neither is given. Oscillating guidance (``--guidance-low``) is not offered here."""
-    if getattr(args, "guidance_low", None) is not None or getattr(args, "guidance_constant_steps", None) is not None:
+    if args.guidance_low is not None or args.guidance_constant_steps is not None:
         raise UsageError("generate --cascade: oscillating guidance (--guidance-low, --guidance-constant-steps) is "
                          "not offered for the cascade; give one --guidance-weight")
     if args.guidance_weight is not None:
