@@ -268,7 +268,7 @@ def deepspeed_single_process(model, optimizer, scheduler, cfg):
     import deepspeed
     import torch.distributed as dist
 
-    from training.engine import clear_stale_build_locks
+    from training.engine import prepare_deepspeed
     from training.loop import deepspeed_config
 
     with socket.socket() as sock:
@@ -278,9 +278,9 @@ def deepspeed_single_process(model, optimizer, scheduler, cfg):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
+        prepare_deepspeed()
         if not dist.is_initialized():
             deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
-        clear_stale_build_locks()
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=deepspeed_config(cfg))
     finally:

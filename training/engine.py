@@ -103,6 +103,26 @@ def clear_stale_build_locks(root: Optional[str] = None, older_than_s: float = ST
     return removed
 
 
+# DeepSpeed's CPU comm backend JIT-builds a shared-memory all-reduce kernel (``deepspeed_shm_comm``) when it
+# starts: 55 s of both cores once per venv, in the demo's first stage, while the stage beside it waits on the
+# build lock. Only ``inference_all_reduce`` (tensor-parallel inference) calls it; training reduces through the
+# torch process group (gloo), so the demo's first stages started a minute late for a kernel nothing runs.
+SHM_COMM_OP = "deepspeed_shm_comm"
+
+
+def prepare_deepspeed() -> None:
+    """Before DeepSpeed's comm starts in this process (``deepspeed.initialize``, ``zero.Init``,
+    ``init_distributed``): remove stale build locks, and on the CPU accelerator mark the inference-only
+    shared-memory comm kernel unavailable, so that DeepSpeed skips its build (its own check,
+    ``deepspeed.ops.__compatible_ops__``, a dict DeepSpeed keeps for the process)."""
+    clear_stale_build_locks()     # else a killed first build leaves every later initialize waiting forever
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
+
+
 def zero_init(cfg: TrainConfig, ds_config: dict):
     """Context to build the trainable module in: ZeRO-3 partitions parameters as they are created
     (a model larger than one worker's memory never exists whole). Frozen modules are built outside."""

@@ -28,7 +28,7 @@ from common.config import from_dict
 from common.errors import ConfigError
 from training.checkpointing import state_digest
 from training.config import TrainConfig
-from training.engine import (autocast, build_optimizer, clear_stale_build_locks, compute_dtype, deepspeed_config,
+from training.engine import (autocast, build_optimizer, compute_dtype, deepspeed_config, prepare_deepspeed,
                              gathered_state)
 
 DEEPSPEED_TAG = "deepspeed"
@@ -118,9 +118,9 @@ def build_engine(cfg: TrainConfig, task):
     device); the trainable part is wrapped by DeepSpeed, which partitions it under ZeRO-3."""
     import deepspeed
 
+    prepare_deepspeed()
     frozen, trainable = build_parts(cfg, task)
     optimizer, scheduler = build_optimizer(trainable, cfg)
-    clear_stale_build_locks()     # else a killed first build leaves every later initialize waiting forever
     engine, _, _, _ = deepspeed.initialize(model=trainable, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg))
     if engine.world_size == 1 and cfg.zero_stage == 0 and cfg.precision != "bf16":

@@ -75,6 +75,7 @@ class Budget:
     checkpoint_every: int = 0          # 0: at the end only
     log_every: int = 1
     precision: Precision = "fp32"      # TrainConfig.precision
+    expected_s: Optional[float] = None  # the stage's duration measured on an earlier run (Stage.expected_s)
 
 
 # two steps of batch 2 on each of two data-parallel workers of 0.75 CPUs: a stage still reserves 1.5 logical

@@ -48,7 +48,8 @@ class Stage:
     URI by the schedule's ``--data STYLE=URI``; ``images`` (optional) the style of a second shard set
     of image–text pairs (``data.images``: a video LDM's images as 1-frame videos). ``upstream``
     (optional) gets the stage's config and the checkpoint URIs of its needs when it starts, and
-    returns the config that loads from them.
+    returns the config that loads from them. ``expected_s`` (optional): how long the stage takes, in
+    seconds (measured on an earlier run), for the launch order.
     """
 
     name: str
@@ -59,6 +60,7 @@ class Stage:
     phases: list[CurriculumPhase] = field(default_factory=list)
     upstream: Optional[Callable[[TrainConfig, Mapping[str, str]], TrainConfig]] = None
     images: Optional[str] = None
+    expected_s: Optional[float] = None
 
 
 @dataclass
@@ -76,14 +78,17 @@ class Schedule:
         return topological_order(self.stages)
 
     def launch_order(self) -> list[str]:
-        """Which ready stage to start first: the longest chain of runs (a stage's curriculum phases count
-        as runs) still ahead of it first, so the critical path never waits behind a side branch."""
+        """Which ready stage to start first: the longest path still ahead of it (the stage included)
+        first, so the critical path never waits behind a side branch. A path's length is its stages'
+        ``expected_s`` when every stage has one, else its runs (a stage's curriculum phases count as runs)."""
         order = self.order()
-        ahead: dict[str, int] = {}
+        timed = all(s.expected_s is not None for s in self.stages)
+        ahead: dict[str, float] = {}
         for name in reversed(order):
-            runs = max(1, len(self.stage(name).phases))
+            stage = self.stage(name)
+            own = stage.expected_s if timed else max(1, len(stage.phases))
             after = [ahead[s.name] for s in self.stages if name in s.needs]
-            ahead[name] = runs + max(after, default=0)
+            ahead[name] = own + max(after, default=0)
         return sorted(order, key=lambda n: -ahead[n])   # stable: ties keep the topological order
 
 
@@ -99,6 +104,8 @@ def validate(stages: list[Stage]) -> None:
         names.add(s.name)
         if s.kind not in STAGE_KINDS:
             raise UsageError(f"stage {s.name!r}: unknown kind {s.kind!r} (one of {', '.join(STAGE_KINDS)})")
+        if s.expected_s is not None and not (isinstance(s.expected_s, (int, float)) and s.expected_s > 0):
+            raise UsageError(f"stage {s.name!r}: expected_s must be a number of seconds > 0, got {s.expected_s!r}")
         steps = [p.until_step for p in s.phases]
         if any(b <= a for a, b in zip(steps, steps[1:])) or any(x < 1 for x in steps):
             raise UsageError(f"stage {s.name!r}: curriculum phases must end at increasing steps >= 1, got {steps}")

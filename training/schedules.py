@@ -55,7 +55,7 @@ def codi_schedule(budgets: Mapping[str, rc.Budget], codecs: str, video_phases: l
 
     def stage(name, kind, recipe, *args, needs=(), data=None, upstream=None, phases=(), images=None, **kw):
         return Stage(name, kind, recipe=partial(recipe, *args, budget=b(name), codecs=codecs, **kw), needs=list(needs),
-                     data=data, upstream=upstream, phases=list(phases), images=images)
+                     data=data, upstream=upstream, phases=list(phases), images=images, expected_s=b(name).expected_s)
 
     codec_stages = ["image_autoencoder", "audio_autoencoder", *(["vocoder_autoencoder"] if vocoder else []),
                     "text_autoencoder", "clip_pretraining", "audio_bridging", "video_bridging"]
@@ -108,12 +108,12 @@ def codi_debug() -> Schedule:
 
 
 def demo_budget(steps: int, batch: int = 8, lr: float = 1e-3, workers: int = 1,
-                precision: Precision = "fp32") -> rc.Budget:
+                precision: Precision = "fp32", expected_s: float | None = None) -> rc.Budget:
     """``workers`` sharing 1.5 logical CPUs (two stages side by side on the demo's 4 logical CPUs, one
     left for Ray Data: on 2 cores, more stages at once only slow each other), a short warmup, a loss line
     every 25 steps."""
     return rc.Budget(steps=steps, batch=batch, workers=workers, cpus=1.5 / workers, lr=lr,
-                     warmup=min(20, steps // 10), log_every=25, precision=precision)
+                     warmup=min(20, steps // 10), log_every=25, precision=precision, expected_s=expected_s)
 
 
 def cpu_has_bf16() -> bool:
@@ -139,15 +139,19 @@ def cpu_has_bf16() -> bool:
 # not buy motion, so 500 stay). One worker per stage: on 2 cores a Ray Train worker group takes 1-1.5 min to
 # start beside another stage (processes importing torch, DeepSpeed, transformers, diffusers), so a second
 # worker costs more than it gives.
+# ``expected_s``: each stage's seconds in the demo run of 71859e5 on a 2-core AMD EPYC (AVX2, no bf16: the audio
+# LDM in fp32), less the 55 s DeepSpeed comm build the first stages paid then; only their ratios matter, for the
+# launch order (Schedule.launch_order): the audio chain (autoencoder 500 s, LDM 1550 s) is the critical path,
+# though the image chain has more runs; ordered by runs, the audio autoencoder waited 133 s behind CLIP.
 DEMO_BUDGETS = {
     "default": demo_budget(100),
-    "image_autoencoder": demo_budget(900, batch=32),
-    "audio_autoencoder": demo_budget(500, batch=16),
-    "text_autoencoder": demo_budget(1000, batch=32),
-    "clip_pretraining": demo_budget(300, batch=64),
-    "audio_bridging": demo_budget(100, batch=32),
-    "video_bridging": demo_budget(100, batch=16),
-    "image_ldm": demo_budget(1500, batch=16),
+    "image_autoencoder": demo_budget(900, batch=32, expected_s=280),
+    "audio_autoencoder": demo_budget(500, batch=16, expected_s=500),
+    "text_autoencoder": demo_budget(1000, batch=32, expected_s=115),
+    "clip_pretraining": demo_budget(300, batch=64, expected_s=80),
+    "audio_bridging": demo_budget(100, batch=32, expected_s=58),
+    "video_bridging": demo_budget(100, batch=16, expected_s=51),
+    "image_ldm": demo_budget(1500, batch=16, expected_s=600),
     # bf16 autocast where it pays: the audio UNet's convolutions over the 32x16 mel latent, 34 % faster
     # (646 instead of 919 s in the demo; the image and video UNets' 8x8 latents and the autoencoders' narrow
     # convolutions run as fast or faster in fp32). 1000 steps sit on the slope of pitch's learning curve: the
@@ -156,16 +160,16 @@ DEMO_BUDGETS = {
     # 78 / 95 % under autocast. ``tiny_audio_unet`` now has 64 channels at both levels (0.185 instead of 0.246
     # s a step under autocast on 2 threads) and trains at lr 2e-3: 69 % after 1000 steps, 98 % after 1500
     # (rhythm 25 %), so 1500 of its steps cost 13 % more than the old 1000 (README: why pitch fell)
-    "audio_ldm": demo_budget(1500, batch=16, lr=2e-3, precision="bf16_autocast"),
-    "text_ldm": demo_budget(300, batch=32),
-    "video_ldm": demo_budget(500, batch=8),
-    "text_image_alignment": demo_budget(40),
-    "audio_text_alignment": demo_budget(20),
-    "video_audio_alignment": demo_budget(20, batch=4),
+    "audio_ldm": demo_budget(1500, batch=16, lr=2e-3, precision="bf16_autocast", expected_s=1550),
+    "text_ldm": demo_budget(300, batch=32, expected_s=94),
+    "video_ldm": demo_budget(500, batch=8, expected_s=590),
+    "text_image_alignment": demo_budget(40, expected_s=45),
+    "audio_text_alignment": demo_budget(20, expected_s=59),
+    "video_audio_alignment": demo_budget(20, batch=4, expected_s=64),
     # the cascade is there to show the stage kinds run (and the base's distillation start from its export);
     # the demo samples nothing through it
-    **{f"cascade_{k}": demo_budget(2, batch=2) for k in ("base", "ssr", "tsr")},
-    "base_distillation": demo_budget(10, batch=2),
+    **{f"cascade_{k}": demo_budget(2, batch=2, expected_s=48) for k in ("base", "ssr", "tsr")},
+    "base_distillation": demo_budget(10, batch=2, expected_s=74),
 }
 
 

@@ -35,6 +35,27 @@ def test_launch_order_starts_the_longest_chain_first():
     assert all(order.index(n) > order.index(m) for n in ("v", "w", "t") for m in sched.stage(n).needs)
 
 
+
+def test_launch_order_weighs_paths_by_expected_seconds_when_every_stage_has_them():
+    # the demo's shape: the image chain has more runs (ae -> ldm -> video ldm in two phases -> align), the
+    # audio chain more seconds (its autoencoder and LDM are the slowest stages); a 50-s side stage declared first
+    phases = [CurriculumPhase("short", 1), CurriculumPhase("long", 2)]
+    def chain(**expected):
+        return Schedule([stage("cascade", expected_s=expected.get("cascade")),
+                         stage("image_ae", expected_s=expected.get("image_ae")),
+                         stage("audio_ae", expected_s=expected.get("audio_ae")),
+                         stage("image_ldm", ["image_ae"], expected_s=expected.get("image_ldm")),
+                         stage("video_ldm", ["image_ldm"], phases=phases, expected_s=expected.get("video_ldm")),
+                         stage("audio_ldm", ["audio_ae"], expected_s=expected.get("audio_ldm")),
+                         stage("align", ["video_ldm", "audio_ldm"], expected_s=expected.get("align"))])
+    seconds = dict(cascade=50, image_ae=330, audio_ae=500, image_ldm=600, video_ldm=400, audio_ldm=1400, align=60)
+    # ahead (s): audio_ae 1960, audio_ldm 1460, image_ae 1390, image_ldm 1060, video_ldm 460, align 60, cascade 50
+    assert chain(**seconds).launch_order() == ["audio_ae", "audio_ldm", "image_ae", "image_ldm", "video_ldm",
+                                               "align", "cascade"]
+    # one stage without a figure: every path counts runs (image_ae 1 + 1 + 2 + 1 = 5, image_ldm 4, audio_ae 3)
+    assert chain(**{**seconds, "cascade": None}).launch_order()[:2] == ["image_ae", "image_ldm"]
+
+
 @pytest.mark.parametrize("stages, message", [
     ([stage("a", ["ghost"])], "stage 'a': needs unknown stage 'ghost'"),
     ([stage("a", ["c"]), stage("b", ["a"]), stage("c", ["b"]), stage("d")], "its needs form a cycle (a -> c -> b -> a)"),
@@ -44,6 +65,7 @@ def test_launch_order_starts_the_longest_chain_first():
     ([stage("a", kind="finetune")], "stage 'a': unknown kind 'finetune'"),
     ([stage("v", phases=[CurriculumPhase("short", 10), CurriculumPhase("long", 10)])],
      "stage 'v': curriculum phases must end at increasing steps"),
+    ([stage("a", expected_s=0)], "stage 'a': expected_s must be a number of seconds > 0, got 0"),
 ])
 def test_bad_schedules_are_one_usage_error_naming_the_stage(stages, message):
     with pytest.raises(UsageError) as err:
@@ -197,3 +219,18 @@ def test_a_corrupt_schedule_record_is_one_line(tmp_path):
     (tmp_path / "schedule.json").write_text("{not json")
     with pytest.raises(UsageError, match=r"schedule.json: not a schedule record .*move it away"):
         read_records(str(tmp_path / "schedule.json"), None)
+
+
+def test_the_demo_schedule_starts_its_slowest_chain_first():
+    """codi_demo's stages carry their measured seconds: the audio chain (autoencoder, then the LDM, the
+    longest stage) leads, though the image chain has more runs; the cascade side stages come last."""
+    from training.schedules import codi_demo, codi_debug
+
+    demo = codi_demo()
+    assert all(s.expected_s for s in demo.stages)
+    order = demo.launch_order()
+    assert order[0] == "audio_autoencoder" and order.index("audio_ldm") < order.index("image_ldm")
+    assert set(order[-3:]) <= {"cascade_base", "cascade_ssr", "cascade_tsr", "base_distillation",
+                               "video_audio_alignment"}
+    debug = codi_debug()            # no figures: ordered by runs, the image chain first
+    assert not any(s.expected_s for s in debug.stages) and debug.launch_order()[0] == "clip_pretraining"
