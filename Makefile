@@ -4,8 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Re-install whenever pyproject.toml changes (the stamp is named by its hash).
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
-# DeepSpeed JIT-builds a comm op on first use (60-80 s on 2 cores); keep the build across runs, in the
-# venv: a build is tied to its venv's paths, so two clones sharing one folder would rebuild it in turn.
+# Where torch JIT-builds extensions (the engine skips DeepSpeed's inference-only comm kernel, the one the
+# demo built); in the venv: a build is tied to its venv's paths, so two clones sharing one folder rebuild.
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 PYTEST_ARGS ?=
 
