@@ -45,6 +45,7 @@ def test_bad_config_key_is_one_line_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.timeout(300)  # eight CLI processes: 68 s in all on a 2-core AMD EPYC (AVX2), over half the default
 def test_bad_usage_is_one_line_exit_2(tmp_path):
     for args in (("train", "--recipe", "nope"), ("frobnicate",), ("train", "--data", str(tmp_path), "stray"),
                  ("generate", "--checkpoint", str(tmp_path / "missing"), "--prompt", "x"),
