@@ -31,7 +31,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "codiray-test-secret")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("AWS_ENDPOINT_URL_S3", None)
-# DeepSpeed JIT-builds a comm op on first use (60-80 s on 2 cores): keep it across runs, in this venv (a
+# Any op torch JIT-builds (the engine skips DeepSpeed's comm kernel) stays across runs, in this venv (a
 # build is tied to its venv's paths: clones sharing one folder would rebuild it in turn, as the Makefile says).
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 

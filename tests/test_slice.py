@@ -29,7 +29,7 @@ def demo(ray_local, tmp_path_factory):
     return cfg, out, run_demo(cfg, out)
 
 
-@pytest.mark.timeout(480)  # pays the module's demo run (measured 146 s, 80 s of it the cold DeepSpeed op build)
+@pytest.mark.timeout(480)  # pays the module's demo run (measured 146 s when it still built DeepSpeed's comm op, 80 s of it)
 def test_shards_account_for_every_input(demo):
     cfg, out, paths = demo
     manifest = paths["manifest"]

@@ -74,7 +74,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     return optimizer, scheduler
 
 
-# A JIT build of DeepSpeed's CPU comm op takes 60-80 s on 2 cores; a build lock this old has no builder left.
+# A JIT build of a DeepSpeed op takes 60-80 s on 2 cores; a build lock this old has no builder left.
 STALE_BUILD_LOCK_S = 600.0
 
 

@@ -64,7 +64,7 @@ def runs(ray_local, tmp_path_factory):
     return cfg, first_checkpoints, checkpoints_by_step(Path(run_dir(cfg))), rows
 
 
-@pytest.mark.timeout(720)  # pays the module's two runs: 225 s alone, 394 s on 2 busy cores, +80 s cold DeepSpeed build
+@pytest.mark.timeout(720)  # pays the module's two runs: 225 s alone, 394 s on 2 busy cores
 def test_every_rank_holds_identical_weights_after_each_epoch(runs):
     cfg, first, _, _ = runs
     assert sorted(first) == list(range(STEPS_PER_EPOCH, STEPS + 1, STEPS_PER_EPOCH))

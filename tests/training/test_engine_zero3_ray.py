@@ -62,7 +62,7 @@ def run(ray_local, tmp_path_factory):
     return cfg, result, Path(run_dir(cfg)), read_shards(str(tmp / "shards")).take_all()
 
 
-@pytest.mark.timeout(900)  # one 2-worker ZeRO-3 run with a restart on 2 busy cores (+80 s cold DeepSpeed build)
+@pytest.mark.timeout(900)  # one 2-worker ZeRO-3 run with a restart on 2 busy cores
 def test_killed_worker_restarts_from_the_last_checkpoint_and_the_stage_finishes(run):
     cfg, result, folder, _ = run
     assert result.error is None, result.error

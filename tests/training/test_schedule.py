@@ -35,11 +35,11 @@ def test_launch_order_starts_the_longest_chain_first():
     assert all(order.index(n) > order.index(m) for n in ("v", "w", "t") for m in sched.stage(n).needs)
 
 
-
 def test_launch_order_weighs_paths_by_expected_seconds_when_every_stage_has_them():
     # the demo's shape: the image chain has more runs (ae -> ldm -> video ldm in two phases -> align), the
     # audio chain more seconds (its autoencoder and LDM are the slowest stages); a 50-s side stage declared first
     phases = [CurriculumPhase("short", 1), CurriculumPhase("long", 2)]
+
     def chain(**expected):
         return Schedule([stage("cascade", expected_s=expected.get("cascade")),
                          stage("image_ae", expected_s=expected.get("image_ae")),

@@ -20,7 +20,7 @@ from training.recipes import text_to_image_demo_debug
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.mark.timeout(420)  # prepare + a 3-step 2-worker run + generate (~2 min; +80 s on a cold DeepSpeed op build)
+@pytest.mark.timeout(420)  # prepare + a 3-step 2-worker run + generate (~2 min)
 def test_prepare_train_generate_through_s3(ray_local, s3_endpoint, bucket, tmp_path, monkeypatch):
     s3 = S3Config(endpoint_url=s3_endpoint)
     cfg = text_to_image_demo_debug()
