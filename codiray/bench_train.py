@@ -184,8 +184,12 @@ def step_flops(model, optimizer, batch, device_type: str) -> int:
     return counter.get_total_flops()
 
 
-def gpu_bench(tiny: bool, batch_size: int, steps: int, device: str) -> dict:
-    """img/s and MFU of the image UNet on ``device`` (full size at 32x32 latents unless ``tiny``)."""
+def gpu_bench(tiny: bool, batch_size: int, steps: int, device: str, compile_model: bool = False) -> dict:
+    """img/s and MFU of the image UNet on ``device`` (full size at 32x32 latents unless ``tiny``).
+
+    With ``compile_model`` the timed steps run ``torch.compile(model)``; its FLOPs are counted on the
+    eager model (the same math), and the compilation is part of ``startup_s``.
+    """
     from models.codi import CoDi, CoDiConfig
     from models.codi.config import image_unet
 
@@ -203,31 +207,47 @@ def gpu_bench(tiny: bool, batch_size: int, steps: int, device: str) -> dict:
     sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
     started = time.perf_counter()
     flops = step_flops(model, optimizer, batch, device_type)  # also the first (warm-up) step
-    for _ in range(0 if tiny else 2):
-        unet_train_step(model, optimizer, *batch, device_type)
+    step_model = torch.compile(model) if compile_model else model
+    for _ in range(2 if compile_model else 0 if tiny else 2):  # compiled: the first call compiles
+        unet_train_step(step_model, optimizer, *batch, device_type)
     sync()
     startup = time.perf_counter() - started
     started = time.perf_counter()
     for _ in range(steps):
-        loss = unet_train_step(model, optimizer, *batch, device_type)
+        loss = unet_train_step(step_model, optimizer, *batch, device_type)
     sync()
     elapsed = time.perf_counter() - started
     name = torch.cuda.get_device_name() if device_type == "cuda" else "CPU"
     peak = peak_flops(name) if device_type == "cuda" else None
     achieved = flops * steps / elapsed
+    memory = torch.cuda.max_memory_allocated() / GB if device_type == "cuda" else None
     return {"device": name, "img_s": batch_size * steps / elapsed, "flops_per_step": flops, "tflops": achieved / 1e12,
-            "mfu": achieved / peak if peak else None, "startup_s": startup, "loss": float(loss)}
+            "mfu": achieved / peak if peak else None, "startup_s": startup, "loss": float(loss), "memory_gb": memory}
 
 
 def gpu_rows(args) -> list[Row]:
     goal = ">= 300 img/s on an H200"
     if torch.cuda.is_available():
-        r = gpu_bench(tiny=False, batch_size=args.gpu_batch, steps=args.gpu_steps, device="cuda")
-        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else f"n/a (no peak known for {r['device']})"
-        return [Row(f"image UNet 256 px (32x32 latents), bf16, batch {args.gpu_batch}, img/s on {r['device']}",
-                    f"{r['img_s']:.0f}", "300", "issue 12's goal", f"{r['img_s'] / 300:.2f}x", goal),
-                Row(f"  MFU on {r['device']} ({r['tflops']:.0f} TFLOP/s, {r['flops_per_step'] / 1e12:.1f} TFLOP/step)",
-                    mfu, "-", "dense bf16 peak of the device", "-", "report")]
+        rows, eager = [], None
+        for compiled in (False,) if args.skip_gpu_compile else (False, True):
+            torch.cuda.reset_peak_memory_stats()
+            r = gpu_bench(tiny=False, batch_size=args.gpu_batch, steps=args.gpu_steps, device="cuda",
+                          compile_model=compiled)
+            mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else f"n/a (no peak known for {r['device']})"
+            how = (f"torch.compile (compiling and 2 warm-up steps: {r['startup_s']:.0f} s)" if compiled
+                   else f"eager (start-up {r['startup_s']:.0f} s)")
+            if compiled:
+                rows.append(Row(f"image UNet, same batch, {how}, img/s", f"{r['img_s']:.0f}", f"{eager['img_s']:.0f}",
+                                "eager, row above", f"{r['img_s'] / eager['img_s']:.2f}x", "report"))
+            else:
+                eager = r
+                rows.append(Row(f"image UNet 256 px (32x32 latents), bf16 autocast + fused AdamW, batch "
+                                f"{args.gpu_batch}, {how}, img/s on {r['device']}",
+                                f"{r['img_s']:.0f}", "300", "issue 12's goal", f"{r['img_s'] / 300:.2f}x", goal))
+            rows.append(Row(f"  MFU ({r['tflops']:.0f} TFLOP/s, {r['flops_per_step'] / 1e12:.1f} TFLOP/step counted; "
+                            f"peak memory {r['memory_gb']:.1f} GB)", mfu, "-", "dense bf16 peak of the device", "-",
+                            "report"))
+        return rows
     if args.gpu_row_on_cpu:
         r = gpu_bench(tiny=True, batch_size=2, steps=1, device="cpu")
         return [Row("image UNet img/s (SMOKE: tiny config on CPU, 1 step; not a measurement)", f"{r['img_s']:.1f}",
@@ -424,6 +444,8 @@ def register_train(subparsers) -> None:
                    help="full-size CoDi model of the memory rows")
     p.add_argument("--gpu-batch", type=int, default=64, help="batch of the GPU row")
     p.add_argument("--gpu-steps", type=int, default=10, help="timed steps of the GPU row")
+    p.add_argument("--skip-gpu-compile", action="store_true", help="on a GPU: only the eager row (torch.compile "
+                   "of the full UNet takes minutes)")
     p.add_argument("--gpu-row-on-cpu", action="store_true", help="without a GPU: run the GPU row's code at tiny size")
     p.set_defaults(func=run_train)
 
