@@ -126,7 +126,7 @@ def debug_codecs_config(tokenizer_dirs: dict[str, str], variant: str = "debug"):
             cfg.audio.vae, block_out_channels=(8, 16, 32), scale=TOY_SCALE["audio"]),
             vocoder=dataclasses.replace(cfg.audio.vocoder, decode_with="griffin_lim"))
         # one token per word (a video caption is 14 with BOS/EOS); two layers a tower: the CLIP that
-        # the clip_pretraining stage trains on image-text pairs
+        # the clip_pretraining stage trains on video- and image-text pairs
         vocab = len(clip_word_bpe(byte_chars(), toy_words())[0])
         cfg.clip = dataclasses.replace(cfg.clip, vocab_size=vocab, max_position_embeddings=32, text_hidden_size=64,
                                        text_layers=2, text_heads=4, text_intermediate_size=128,

@@ -111,11 +111,18 @@ def bridging(modality: str, data: str, budget: Budget = DEBUG, codecs: str = DEB
                  data, budget, codecs)
 
 
-def clip_pretraining(data: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS) -> TrainConfig:
-    """CLIP's own contrastive pretraining on image–text pairs, both towers (the toy codecs' CLIP has no
-    pretrained weights; CoDi starts from OpenAI's)."""
-    return stage("clip_pretraining", TaskConfig(kind="bridging_alignment", bridging=BridgingObjective("image")),
-                 data, budget, codecs)
+def clip_pretraining(data: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS, modality: str = "image",
+                     image_fraction: float = 0.0) -> TrainConfig:
+    """CLIP's own contrastive pretraining, both towers (the toy codecs' CLIP has no pretrained weights;
+    CoDi starts from OpenAI's): on image–text pairs (``image``), or on the video–text pairs of ``data``
+    with ``image_fraction`` of the batches image–text pairs from the stage's ``images`` shard set
+    (``image+video``: the text tower learns the words only motion shows)."""
+    cfg = stage("clip_pretraining", TaskConfig(kind="bridging_alignment", bridging=BridgingObjective(modality)),
+                data, budget, codecs)
+    if image_fraction > 0:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, images=SET_BY_SCHEDULE,
+                                                                image_fraction=image_fraction))
+    return cfg
 
 
 def ldm(modality: str, data: str, conditions: Mapping[str, float], budget: Budget = DEBUG,

@@ -188,3 +188,70 @@ def test_clip_pretraining_trains_both_towers_to_retrieve_toy_scenes(tmp_path):
     assert set(export) == {k for k in codecs.state_dict() if k.startswith("clip.model.")} - {"clip.model.logit_scale"}
     trained = module.encoder.clip.state_dict()
     assert all(torch.equal(export[k], trained[k.removeprefix("clip.")]) for k in export)
+
+
+def test_clip_pretraining_on_clips_learns_the_words_only_motion_shows(tmp_path):
+    """``modality: image+video``: CLIP pretraining on clips (through CoDi's temporal blocks) and on images
+    (a ``data.images`` batch, as 1-frame videos). Eight clips of one red circle differ only in direction
+    and speed, and so do their captions; a frame average cannot tell a path from its reverse (each is
+    centred mid-clip), so retrieval starts near chance both ways and must reach ≥ 0.9 both ways. A 1-frame
+    video encodes exactly as the image path does; the export is the two towers, not the temporal blocks."""
+    from models.encoders.clip import ClipEncoder
+    from pipelines.toyworld import render_image
+    from pipelines.toyworld_av import render_frames
+    from pipelines.toyworld_spec import DIRECTIONS, SPEEDS, TEMPLATES, Clip, Scene
+    from training.debug_codecs import toy_words
+
+    tokenizers = write_tokenizers(tmp_path, toy_words(), clip_words=True)
+    codecs = debug_codecs(tokenizers, variant="toy", temporal=True)
+    clips = [Clip("red", "circle", m, s) for m in DIRECTIONS for s in SPEEDS]
+    captions = [TEMPLATES["silent_video"].format(colour=c.color, shape=c.shape, motion=c.motion, speed=c.speed)
+                for c in clips]
+    videos = {"caption": np.array(captions), "frames": np.stack([render_frames(c, size=32)[::2] for c in clips])}
+    assert videos["frames"].shape == (8, 8, 32, 32, 3)
+    task = BridgingTask(BridgingObjective("image+video", shard_set="webvid"),
+                        encoder=lambda: debug_codecs(tokenizers, variant="toy", temporal=True).clip,
+                        text=lambda: codecs)
+    assert task.required == ["text", "video"]
+    torch.manual_seed(0)
+    module = task.build_trainable()
+    before_state = {k: v.clone() for k, v in module.state_dict().items()}
+    frozen_text = task.build_frozen()
+    inputs = task.batch_inputs(videos, frozen_text, torch.Generator().manual_seed(0), torch.device("cpu"))
+
+    def accuracy() -> tuple[float, float]:
+        with torch.no_grad():
+            video, text, _ = module(inputs["data"], inputs["ids"])
+        return top1_retrieval(video, text), top1_retrieval(text, video)
+
+    before = accuracy()
+    opt = torch.optim.AdamW(module.parameters(), lr=3e-3, weight_decay=0.0)
+    for step in range(400):
+        loss = task.loss(module, inputs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 10 == 9 and min(accuracy()) == 1.0:
+            break
+    after = accuracy()
+    print(f"clip↔caption top-1: {before} before, {after} after {step + 1} steps")
+    assert max(before) <= 3 / 8 and min(after) >= 0.9, (before, after, step)
+    moved = {k for k, v in module.state_dict().items() if not torch.equal(v, before_state[k])}
+    for part in ("encoder.text_model.", "encoder.vision_model.", "encoder.temporal."):
+        assert any(k.startswith(part) for k in moved), part
+
+    # a batch of images (the stage's data.images turn) runs as 1-frame videos: the image path, exactly
+    scenes = [Scene("red", "circle", p) for p in ("left", "right", "top", "bottom")]
+    images = {"caption": np.array([s.caption for s in scenes]),
+              "image": np.stack([np.asarray(render_image(s, size=32)) for s in scenes])}
+    image_inputs = task.batch_inputs(images, frozen_text, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert image_inputs["data"].shape == (4, 1, 32, 32, 3)
+    with torch.no_grad():
+        as_video = module(image_inputs["data"], image_inputs["ids"])[0]
+        torch.testing.assert_close(as_video, module.encoder.image(torch.from_numpy(images["image"])).flatten(1))
+    assert torch.isfinite(task.loss(module, image_inputs))
+
+    export = task.export_state(dict(module.state_dict()), None)
+    assert set(export) == {k for k in codecs.state_dict() if k.startswith("clip.model.")} - {"clip.model.logit_scale"}
+    assert not any("temporal" in k for k in export)
+    assert isinstance(module.encoder.clip, ClipEncoder)

@@ -13,6 +13,16 @@ sizes: CoDi starts from OpenAI's CLIP, whose text space already separates what c
 frozen text tower gives distinct but unstructured caption embeddings, and the demo's LDMs trained on
 those ignored their prompts (loss with the right caption 0.0546 vs a shuffled one 0.0550).
 
+``modality: image+video`` is that pretraining on video–text pairs as well (the stage's clips; its
+``data.images`` pairs arrive as 1-frame videos, which CLIP encodes as images). Web-scale CLIP has read
+"moving left" under countless videos and GIFs; a toy CLIP pretrained on still images never has to tell
+it from "moving right", and it did not: in the demo, captions differing only in motion embedded at
+cosine 0.99 (only in colour: 0.31), so no video LDM could follow the motion asked for. Here the
+clips' side runs CoDi's temporal blocks (trained too: without them a frame average of a path centred
+mid-clip reads the same both ways), so the text tower has to separate directions. The export is the
+two towers only: video bridging then trains the temporal blocks afresh against the frozen, now
+motion-aware text tower, as CoDi does.
+
 Task shape: trainable = ``BridgingModule`` (the encoder being aligned + the log temperature s; its
 one ``forward`` returns both, so ZeRO-3 gathers s inside the engine's forward); frozen = anything with
 ``condition("text", captions)`` — the ``Codecs`` (its CLIP text tower); ``batch_inputs`` = the raw
@@ -33,9 +43,11 @@ from torch import Tensor, nn
 from common.errors import UsageError
 from training.objectives import CLIP_INIT_TEMPERATURE, info_nce
 from training.tasks.base import frozen, strip_prefix
-from training.tasks.batches import modality_data
+from training.tasks.batches import images_as_videos, modality_data
 
-ALIGNED = ("audio", "video", "image")        # image: CLIP pretraining, both towers train
+ALIGNED = ("audio", "video", "image", "image+video")   # image(+video): CLIP pretraining, both towers train
+PRETRAINING = ("image", "image+video")
+ENCODE = {"audio": "audio", "video": "video", "image": "image", "image+video": "video"}   # the encoder's method
 
 
 @dataclass
@@ -92,8 +104,8 @@ class BridgingModule(nn.Module):
     def forward(self, data: Tensor, ids: Optional[Tensor] = None) -> tuple[Tensor, ...]:
         """(b, d) embeddings of ``data`` and s (as a tensor computed here, so it exists after ZeRO-3 releases s);
         for CLIP pretraining (``image``) also the (b, d) embeddings of the caption token ``ids``."""
-        embed = getattr(self.encoder, self.modality)(data).flatten(1)
-        if self.modality == "image":
+        embed = getattr(self.encoder, ENCODE[self.modality])(data).flatten(1)
+        if self.modality in PRETRAINING:
             return embed, self.encoder.text_ids(ids).flatten(1), self.log_scale[0] * 1.0
         return embed, self.log_scale[0] * 1.0
 
@@ -106,14 +118,14 @@ class BridgingTask:
 
     @property
     def required(self) -> list[str]:
-        return sorted({self.objective.modality, "text"})
+        return sorted({"video" if self.objective.modality == "image+video" else self.objective.modality, "text"})
 
     def build_trainable(self) -> nn.Module:
         o = self.objective
         # the encoder may come out of a Codecs, whose prompt encoders are frozen: here it is what trains
         encoder = self.make_encoder().requires_grad_(True)
-        if o.modality in ("image", "video"):
-            encoder = ClipTowers(encoder, temporal=o.modality == "video")
+        if o.modality in ("image", "video", "image+video"):
+            encoder = ClipTowers(encoder, temporal=o.modality != "image")
         if o.modality == "video":
             if encoder.temporal is None:
                 raise UsageError("bridging_alignment for video trains CoDi's temporal attention in CLIP's vision "
@@ -130,14 +142,16 @@ class BridgingTask:
                      device: torch.device) -> dict[str, Tensor]:
         o = self.objective
         captions = modality_data(batch, "text", o.shard_set)
-        data = modality_data(batch, o.modality, o.shard_set).to(device)
-        if o.modality == "image":     # the text tower trains: only its token ids are fed in
+        if o.modality == "image+video":     # clips, or a data.images batch as 1-frame videos
+            batch = images_as_videos(batch)
+        data = modality_data(batch, ENCODE[o.modality], o.shard_set).to(device)
+        if o.modality in PRETRAINING:     # the text tower trains: only its token ids are fed in
             return {"data": data, "ids": text_encoder.clip.tokenize(captions).to(device)}
         return {"data": data, "text": text_encoder.condition("text", captions).flatten(1).float().to(device)}
 
     def loss(self, module, inputs: Mapping[str, Tensor], dtype: torch.dtype = torch.float32) -> Tensor:
         data = inputs["data"] if not inputs["data"].is_floating_point() else inputs["data"].to(dtype)
-        if self.objective.modality == "image":
+        if self.objective.modality in PRETRAINING:
             embed, text, log_scale = module(data, inputs["ids"])
             return info_nce(embed, text, log_scale)
         embed, log_scale = module(data)
@@ -147,13 +161,15 @@ class BridgingTask:
         """The trained piece under its ``Codecs`` names, laid over the codecs of later stages like an
         autoencoder piece: the aligned CLAP (``clap.*``, audio); CoDi's temporal blocks (``clip.temporal.*``,
         video: the one part of the video prompt encoder that image conditions do not share); both CLIP
-        towers (``clip.model.*`` but its logit scale, image: CLIP pretraining)."""
+        towers (``clip.model.*`` but its logit scale, image and image+video: CLIP pretraining, whose temporal
+        blocks were a means to read motion and stay behind, so each piece has one stage)."""
         encoder = strip_prefix(trainable, "encoder.")
+        temporal = {k: v for k, v in encoder.items() if k.startswith("temporal.")}
         if self.objective.modality == "audio":
             return {f"clap.{k}": v for k, v in encoder.items()}
         if self.objective.modality == "video":
-            return ClipTowers.codecs_state({k: v for k, v in encoder.items() if k.startswith("temporal.")})
-        return ClipTowers.codecs_state(encoder)
+            return ClipTowers.codecs_state(temporal)
+        return ClipTowers.codecs_state({k: v for k, v in encoder.items() if k not in temporal})
 
     def save_pretrained(self, directory: Path, state: dict[str, Tensor], weights_name: str) -> None:
         directory = Path(directory)
