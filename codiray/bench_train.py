@@ -208,7 +208,7 @@ def gpu_bench(tiny: bool, batch_size: int, steps: int, device: str, compile_mode
     started = time.perf_counter()
     flops = step_flops(model, optimizer, batch, device_type)  # also the first (warm-up) step
     step_model = torch.compile(model) if compile_model else model
-    for _ in range(2 if compile_model else 0 if tiny else 2):  # compiled: the first call compiles
+    for _ in range(0 if tiny and not compile_model else 2):  # compiled: the first call compiles
         unet_train_step(step_model, optimizer, *batch, device_type)
     sync()
     startup = time.perf_counter() - started

@@ -30,6 +30,26 @@ def closed_form_info_nce(a: np.ndarray, b: np.ndarray, scale: float) -> float:
     return 0.5 * (ce(logits) + ce(logits.T))
 
 
+def pretrain_until_retrieved(task, module, inputs, max_steps: int) -> tuple[tuple, tuple, int]:
+    """CLIP pretraining (both towers) on one fixed batch until top-1 retrieval is perfect both ways (checked
+    every 10 steps) or ``max_steps``: (before, after, steps taken), each a (data→text, text→data) pair."""
+    def accuracy() -> tuple[float, float]:
+        with torch.no_grad():
+            data, text, _ = module(inputs["data"], inputs["ids"])
+        return top1_retrieval(data, text), top1_retrieval(text, data)
+
+    before = accuracy()
+    opt = torch.optim.AdamW(module.parameters(), lr=3e-3, weight_decay=0.0)
+    for step in range(max_steps):
+        loss = task.loss(module, inputs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 10 == 9 and min(accuracy()) == 1.0:
+            break
+    return before, accuracy(), step + 1
+
+
 def test_info_nce_equals_closed_form():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
@@ -160,24 +180,9 @@ def test_clip_pretraining_trains_both_towers_to_retrieve_toy_scenes(tmp_path):
     before_state = {k: v.clone() for k, v in module.state_dict().items()}
     inputs = task.batch_inputs(batch, task.build_frozen(), torch.Generator().manual_seed(0), torch.device("cpu"))
     assert inputs["ids"].shape == (12, 32) and inputs["ids"].dtype == torch.long
-
-    def accuracy() -> tuple[float, float]:
-        with torch.no_grad():
-            image, text, _ = module(inputs["data"], inputs["ids"])
-        return top1_retrieval(image, text), top1_retrieval(text, image)
-
-    before = accuracy()
-    opt = torch.optim.AdamW(module.parameters(), lr=3e-3, weight_decay=0.0)
-    for step in range(200):
-        loss = task.loss(module, inputs)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 10 == 9 and min(accuracy()) == 1.0:
-            break
-    after = accuracy()
-    print(f"image↔text top-1: {before} before, {after} after {step + 1} steps")
-    assert max(before) <= 3 / 12 and min(after) >= 0.9, (before, after, step)
+    before, after, steps = pretrain_until_retrieved(task, module, inputs, 200)
+    print(f"image↔text top-1: {before} before, {after} after {steps} steps")
+    assert max(before) <= 3 / 12 and min(after) >= 0.9, (before, after, steps)
     moved = [k for k, v in module.state_dict().items() if not torch.equal(v, before_state[k])]
     assert any(k.startswith("encoder.text_model.") for k in moved)
     assert any(k.startswith("encoder.vision_model.") for k in moved)
@@ -218,24 +223,9 @@ def test_clip_pretraining_on_clips_learns_the_words_only_motion_shows(tmp_path):
     before_state = {k: v.clone() for k, v in module.state_dict().items()}
     frozen_text = task.build_frozen()
     inputs = task.batch_inputs(videos, frozen_text, torch.Generator().manual_seed(0), torch.device("cpu"))
-
-    def accuracy() -> tuple[float, float]:
-        with torch.no_grad():
-            video, text, _ = module(inputs["data"], inputs["ids"])
-        return top1_retrieval(video, text), top1_retrieval(text, video)
-
-    before = accuracy()
-    opt = torch.optim.AdamW(module.parameters(), lr=3e-3, weight_decay=0.0)
-    for step in range(400):
-        loss = task.loss(module, inputs)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 10 == 9 and min(accuracy()) == 1.0:
-            break
-    after = accuracy()
-    print(f"clip↔caption top-1: {before} before, {after} after {step + 1} steps")
-    assert max(before) <= 3 / 8 and min(after) >= 0.9, (before, after, step)
+    before, after, steps = pretrain_until_retrieved(task, module, inputs, 400)
+    print(f"clip↔caption top-1: {before} before, {after} after {steps} steps")
+    assert max(before) <= 3 / 8 and min(after) >= 0.9, (before, after, steps)
     moved = {k for k, v in module.state_dict().items() if not torch.equal(v, before_state[k])}
     for part in ("encoder.text_model.", "encoder.vision_model.", "encoder.temporal."):
         assert any(k.startswith(part) for k in moved), part

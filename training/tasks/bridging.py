@@ -45,9 +45,10 @@ from training.objectives import CLIP_INIT_TEMPERATURE, info_nce
 from training.tasks.base import frozen, strip_prefix
 from training.tasks.batches import images_as_videos, modality_data
 
-ALIGNED = ("audio", "video", "image", "image+video")   # image(+video): CLIP pretraining, both towers train
-PRETRAINING = ("image", "image+video")
-ENCODE = {"audio": "audio", "video": "video", "image": "image", "image+video": "video"}   # the encoder's method
+# each aligned modality -> the encoder method its data goes through; image(+video): CLIP pretraining
+ENCODE = {"audio": "audio", "video": "video", "image": "image", "image+video": "video"}
+ALIGNED = tuple(ENCODE)
+PRETRAINING = ("image", "image+video")         # both towers train
 
 
 @dataclass
@@ -118,13 +119,13 @@ class BridgingTask:
 
     @property
     def required(self) -> list[str]:
-        return sorted({"video" if self.objective.modality == "image+video" else self.objective.modality, "text"})
+        return sorted({ENCODE[self.objective.modality], "text"})
 
     def build_trainable(self) -> nn.Module:
         o = self.objective
         # the encoder may come out of a Codecs, whose prompt encoders are frozen: here it is what trains
         encoder = self.make_encoder().requires_grad_(True)
-        if o.modality in ("image", "video", "image+video"):
+        if o.modality != "audio":                       # CLIP's towers
             encoder = ClipTowers(encoder, temporal=o.modality != "image")
         if o.modality == "video":
             if encoder.temporal is None:
@@ -164,9 +165,9 @@ class BridgingTask:
         towers (``clip.model.*`` but its logit scale, image and image+video: CLIP pretraining, whose temporal
         blocks were a means to read motion and stay behind, so each piece has one stage)."""
         encoder = strip_prefix(trainable, "encoder.")
-        temporal = {k: v for k, v in encoder.items() if k.startswith("temporal.")}
         if self.objective.modality == "audio":
             return {f"clap.{k}": v for k, v in encoder.items()}
+        temporal = {k: v for k, v in encoder.items() if k.startswith("temporal.")}
         if self.objective.modality == "video":
             return ClipTowers.codecs_state(temporal)
         return ClipTowers.codecs_state({k: v for k, v in encoder.items() if k not in temporal})
