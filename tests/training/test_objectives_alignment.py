@@ -12,6 +12,8 @@ from models.codi import CoDi
 from training.objectives import info_nce
 from training.tasks.latent_alignment import (PHASES, LatentAlignmentObjective, LatentAlignmentTask,
                                              alignment_parameter_names, set_alignment_trainable)
+from training import recipes_codi as rc
+from training.schedules import JOINT_VIDEO_AUDIO
 from training.tasks.ldm import ConditionConfig
 
 from objectives_helpers import (audiocaps_batch, debug_codecs, laion_batch, randomize, tiny_audio, tiny_codi,
@@ -43,11 +45,18 @@ def test_trainable_names_are_exactly_v_and_connectors():
     assert {n for n, p in codi.named_parameters() if p.requires_grad} == expected
 
 
+def demo_video_audio_phase():
+    """The demo's last phase, as its recipe builds it: audio's V / connectors train beside video's."""
+    return rc.alignment("video_audio", train=JOINT_VIDEO_AUDIO).task.latent_alignment.phase
+
+
 @pytest.mark.parametrize("phase,batch", [("text_image", laion_batch(4)), ("audio_text", audiocaps_batch(4)),
-                                         ("video_audio", webvid_batch(4, frames=2, size=8))])
+                                         ("video_audio", webvid_batch(4, frames=2, size=8)),
+                                         ("video_audio+audio", webvid_batch(4, frames=2, size=8))])
 def test_only_phase_weights_move_and_joint_loss_falls(codecs, phase, batch):
-    task = LatentAlignmentTask(LatentAlignmentObjective(PHASES[phase], ConditionConfig({"text": 1.0}, 0.1)),
-                               codi=lambda: make_codi(video=phase == "video_audio"), codecs=lambda: codecs)
+    phase = demo_video_audio_phase() if phase == "video_audio+audio" else PHASES[phase]
+    task = LatentAlignmentTask(LatentAlignmentObjective(phase, ConditionConfig({"text": 1.0}, 0.1)),
+                               codi=lambda: make_codi(video=phase.name == "video_audio"), codecs=lambda: codecs)
     module = task.build_trainable()
     before = {k: v.clone() for k, v in module.state_dict().items()}
     inputs = task.batch_inputs(batch, codecs, torch.Generator().manual_seed(0), torch.device("cpu"))
@@ -64,14 +73,14 @@ def test_only_phase_weights_move_and_joint_loss_falls(codecs, phase, batch):
     with torch.no_grad():
         last = task.loss_terms(module, inputs, torch.float32)
     moved = {k for k, v in module.state_dict().items() if not torch.equal(v, before[k])}
-    expected = {f"codi.{n}" for n in alignment_parameter_names(module.codi, PHASES[phase].train)}
+    expected = {f"codi.{n}" for n in alignment_parameter_names(module.codi, phase.train)}
     assert moved == expected                      # every V / connector weight of the trained UNets, nothing else
-    frozen_unet = {"audio_text": "text", "video_audio": "audio"}.get(phase)
-    if frozen_unet:                               # phase 2 keeps text's V / connectors, phase 3 audio's
+    frozen_unet = {"audio_text": "text", "video_audio": "audio"}.get(phase.name)
+    if frozen_unet and frozen_unet not in phase.train:   # phase 2 keeps text's V / connectors, phase 3 audio's
         assert not any(k.startswith(f"codi.unets.{frozen_unet}.") for k in moved)
     assert losses[-1] < 0.9 * losses[0], losses             # the joint loss (Σ ε terms + λ·contrastive) falls
     assert last["contrastive"] < 0.9 * first["contrastive"]  # V outputs of the pairs align
-    for m in PHASES[phase].train:                            # and each trained modality denoises better
+    for m in phase.train:                            # and each trained modality denoises better
         assert last[m] < first[m], (m, first[m], last[m])
 
 

@@ -171,15 +171,18 @@ def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_d
     assert record["image_samples"] and not set(record["image_samples"]) & clips, record
 
     # latent alignment: phase 1 starts from the three LDMs merged, each phase moves only its V + cross-attention
+    # (the last phase audio's as well as video's: JOINT_VIDEO_AUDIO)
     start = {**{k: v for k, v in ldms["video_ldm"].state_dict().items()},
              **{k: v for n in ("audio_ldm", "text_ldm") for k, v in ldms[n].state_dict().items()}}
     previous, before = "the merged LDMs", start
     for name, trains in (("text_image_alignment", ("image", "text")), ("audio_text_alignment", ("audio",)),
-                         ("video_audio_alignment", ("video",))):
+                         ("video_audio_alignment", ("video", "audio"))):
         aligned = CoDi.from_pretrained(ckpt[name])
         state = dict(aligned.state_dict())
         moved = set(changed(before, state))
         assert moved and moved <= set(alignment_parameter_names(aligned, trains)), (name, previous, sorted(moved)[:5])
+        for m in trains:                          # every trained UNet's V / connectors moved
+            assert moved & set(alignment_parameter_names(aligned, (m,))), (name, m)
         assert cfgs[name].task.codecs == cfgs["image_ldm"].task.codecs, name
         previous, before = name, state
     assert cfgs["text_image_alignment"].task.init_parts == {"image": uri["video_ldm"], "audio": uri["audio_ldm"],
