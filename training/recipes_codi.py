@@ -149,7 +149,7 @@ def ldm(modality: str, data: str, conditions: Mapping[str, float], budget: Budge
 def alignment(phase: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS,
               train: Optional[tuple[str, ...]] = None) -> TrainConfig:
     """One latent-alignment phase of ``PHASES``; ``train`` overrides which of its modalities' V + connectors
-    learn (CoDi's phase 3 trains only video's: see ``codi_schedule``'s ``joint_video_audio``)."""
+    learn (CoDi's phase 3 trains only video's: see ``codi_schedule``'s ``video_audio_train``)."""
     p = PHASES[phase] if train is None else dataclasses.replace(PHASES[phase], train=tuple(train))
     task = TaskConfig(kind="latent_alignment", init=UPSTREAM, latent_alignment=LatentAlignmentObjective(p))
     return stage(f"{phase}_alignment", task, p.shard_set, budget, codecs)
