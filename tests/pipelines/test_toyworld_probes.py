@@ -121,6 +121,9 @@ def test_probe_numerics_against_closed_forms():
     for rate in (2.0, 3.0, 4.5, 8.0):
         gated = np.sin(2 * np.pi * 700.0 * t) * pulse_gate(t, rate)
         assert pulse_rate(gated, AUDIO_RATE) == pytest.approx(rate, rel=0.03)
+        # a decoded tone's loudness wobbles inside its pulses (down to -15 dB): still the gate's rate
+        wobble = 1.0 - 0.82 * (0.5 + 0.5 * np.cos(2 * np.pi * 11.0 * t))
+        assert pulse_rate(gated * wobble, AUDIO_RATE) == pytest.approx(rate, rel=0.03)
     for clip in ALL_CLIPS[:8]:  # the shape's centre moves SPEEDS[speed] frame sides per second
         vx, vy = trajectory(render_frames(clip, size=64), VIDEO_FPS)
         dx, dy = DIRECTIONS[clip.motion]
@@ -147,6 +150,8 @@ def test_probes_are_not_fooled():
         assert audio_attributes(synth_sound(other), AUDIO_RATE)["pitch"] == other.pitch != sound.pitch
     steady = 0.5 * np.sin(2 * np.pi * 440.0 * np.arange(AUDIO_RATE) / AUDIO_RATE)
     assert audio_attributes(steady, AUDIO_RATE) == {"pitch": "low", "rhythm": None}  # no pulses, no rhythm
+    tremolo = steady * (1.0 - 0.82 * (0.5 + 0.5 * np.cos(2 * np.pi * 8.0 * np.arange(AUDIO_RATE) / AUDIO_RATE)))
+    assert pulse_rate(tremolo, AUDIO_RATE) is None  # -15 dB dips at 8/s, never silent: not rattling
     blank = np.full((32, 32, 3), 245, np.uint8)
     assert image_attributes(blank) == {"colour": None, "shape": None, "position": None}
     assert audio_attributes(np.zeros(AUDIO_RATE, np.float32), AUDIO_RATE) == {"pitch": None, "rhythm": None}
