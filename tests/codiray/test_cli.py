@@ -75,3 +75,9 @@ def test_demo_with_an_unknown_schedule_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unknown schedule 'nope'" in err and "codi_demo" in err
     assert not (tmp_path / "d" / "bucket").exists()     # nothing started
+
+
+def test_demo_with_guidance_for_an_unknown_modality_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "generate.guidance={imagee: 3.0}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "generate.guidance" in err and "imagee" in err

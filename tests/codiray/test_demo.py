@@ -66,6 +66,10 @@ def test_every_task_is_generated_and_scored(demo):
             else:
                 file.read_text(encoding="utf-8")   # decodes as UTF-8 (an untrained decoder may say nothing)
     assert {s["mode"] for s in record["samples"] if len(s["outputs"]) > 1} == {"joint", "independent"}
+    for run in record["runs"]:   # the demo's guidance scales where it departs from Table 12, Table 12 elsewhere
+        for modality, guidance in run["guidance"].items():
+            scale = g.guidance.get(modality, {"image": 2.0, "video": 2.0, "audio": 7.5, "text": 2.0}[modality])
+            assert (guidance["weight"], guidance["convention"]) == (scale, "scale"), (modality, guidance)
 
 
 def test_the_saved_model_is_the_last_alignment_phase_with_the_trained_codecs(demo):
