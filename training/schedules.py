@@ -116,7 +116,8 @@ def video_curriculum(short_until: int, until: int) -> list[CurriculumPhase]:
 # on 64 others, audio rhythm 20 of 64 jointly against 24 independently: that gain did not carry (README).
 # Those rhythm figures came from a probe that read a decoded tone's wobble as pulses. With the fixed probe
 # (session 13; 64 prompts of seed 2000, video guidance 4): one process, session 11's model, this phase:
-# 42.2 % vs 25.0 % (text dropped from half the batches: 28.1 %); the demo's stage on session 12's: 23.4 vs 20.3.
+# 42.2 % vs 25.0 % (text dropped from half the batches: 28.1 %); the demo's stage on session 12's: 23.4 vs 20.3
+# from its files, 26.6 vs 25.0 in memory; one process from that run's phase-2 weights: 35.9 vs 25.0 (README).
 JOINT_VIDEO_AUDIO = ("video", "audio")
 
 
