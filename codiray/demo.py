@@ -60,9 +60,10 @@ class GenerateConfig:
     guidance: dict[str, float] = field(default_factory=lambda: {"image": 3.0, "video": 4.0})
 
     def __post_init__(self):
-        unknown = sorted(set(self.guidance) - {"image", "video", "audio", "text"})
-        if unknown or any(s < 0 for s in self.guidance.values()):
-            raise ValueError(f"generate.guidance: expected scales >= 0 for image, video, audio or text, got "
+        from codiray.evaluate import MODALITIES
+
+        if set(self.guidance) - set(MODALITIES) or any(s < 0 for s in self.guidance.values()):
+            raise ValueError(f"generate.guidance: expected scales >= 0 for {', '.join(MODALITIES)}, got "
                              f"{self.guidance}")
 
 

@@ -106,18 +106,11 @@ def video_curriculum(short_until: int, until: int) -> list[CurriculumPhase]:
 
 
 # The demo's last latent-alignment phase trains audio's V + cross-modal attention beside video's (CoDi froze
-# audio's). Measured on session 11's demo model (one process, 32 held-out video captions, generation seed 2000):
-# as trained (20 steps, video's only), generated audio was identical jointly and independently (pitch 72 %,
-# rhythm 22 %; video+audio agreement 6.2 % both ways): phase 2's 20 steps had left audio's connectors reading
-# text's V, and nothing taught them video's. 300 steps training video's alone (CoDi's phase 3): the same 6.2 %
-# both ways, audio unchanged. 300 steps training both: audio rhythm 41 % jointly (22 % alone), agreement 18.8 %
-# vs 6.2 %; the same with the text dropped from half the batches instead of a tenth: 9.4 %. In session 12's demo
-# (the stage through the engine, another run's model): 43.8 % vs 18.8 % on its 16 prompts, but 12.5 % vs 14.1 %
-# on 64 others, audio rhythm 20 of 64 jointly against 24 independently: that gain did not carry (README).
-# Those rhythm figures came from a probe that read a decoded tone's wobble as pulses. With the fixed probe
-# (session 13; 64 prompts of seed 2000, video guidance 4): one process, session 11's model, this phase:
-# 42.2 % vs 25.0 % (text dropped from half the batches: 28.1 %); the demo's stage on session 12's: 23.4 vs 20.3
-# from its files, 26.6 vs 25.0 in memory; one process from that run's phase-2 weights: 35.9 vs 25.0 (README).
+# audio's): trained CoDi's way (video's alone), the generated audio came out the same jointly as independently
+# (session 12). With both, on the demo's 64 prompts of seed 2000 (video guidance 4, probes in memory, session
+# 13's rhythm probe): joint vs independent agreement 42.2 / 35.9 vs 25.0 % trained in one process with plain
+# AdamW (text dropped from half the batches: 28.1 %), but 26.6 vs 25.0 % through the engine's stage, and 25.0
+# vs 25.0 % in one process with the engine's optimizer settings (32.8 % without its 20-step warmup). README.
 JOINT_VIDEO_AUDIO = ("video", "audio")
 
 
