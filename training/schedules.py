@@ -109,8 +109,10 @@ def video_curriculum(short_until: int, until: int) -> list[CurriculumPhase]:
 # audio's): trained CoDi's way (video's alone), the generated audio came out the same jointly as independently
 # (session 12). With both, on the demo's 64 prompts of seed 2000 (video guidance 4, probes in memory, session
 # 13's rhythm probe): joint vs independent agreement 42.2 / 35.9 vs 25.0 % trained in one process with plain
-# AdamW (text dropped from half the batches: 28.1 %), but 26.6 vs 25.0 % through the engine's stage, and 25.0
-# vs 25.0 % in one process with the engine's optimizer settings (32.8 % without its 20-step warmup). README.
+# AdamW (text dropped from half the batches: 28.1 %), 26.6 vs 25.0 % through the engine's stage. In one
+# process with the engine's optimizer settings, three training seeds: 25.0 / 35.9 / 32.8 % with its 20-step
+# warmup, 32.8 / 34.4 / 25.0 % without (session 14): the warmup is not the cause, the phase's outcome varies
+# from run to run by about 11 points. README.
 JOINT_VIDEO_AUDIO = ("video", "audio")
 
 
