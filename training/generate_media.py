@@ -93,8 +93,8 @@ def write_png(path: Path, image: np.ndarray) -> Path:
 
 def full_scale(wave: np.ndarray) -> np.ndarray:
     """A float waveform within [−1, 1] for PCM or AAC: divided by its peak where that exceeds 1, else as
-    it is. A generated mel can decode louder than full scale (in session 12's demo, 11-14 % of the samples
-    of its text->video+audio sounds lay past ±1); clipping them squares off the tone."""
+    it is. A generated mel can decode louder than full scale (in the demo's text->video+audio files of
+    session 13, 11-14 % of the samples lay past ±1); clipping them squares off the tone."""
     wave = np.asarray(wave, dtype=np.float32)
     peak = float(np.abs(wave).max(initial=0.0))
     return wave / peak if peak > 1.0 else wave
