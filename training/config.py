@@ -60,8 +60,10 @@ class DataConfig:
     # next epochs instead of re-running the streaming read (seconds of start-up per epoch: on toy data
     # an epoch is a few steps); 0 = always stream
     cache_mb: float = 256.0
-    # joint image–video training (CoDi's appendix: images as 1-frame videos): a second shard set of
-    # image–text pairs (``codiray prepare laion``) and the fraction of batches taken from it
+    # a second shard set and the fraction of batches taken from it. Named for its first use, joint
+    # image–video training (CoDi's appendix: laion images as 1-frame videos; CLIP pretraining on clips and
+    # stills); the text VAE and text LDM take audio–text pairs here (audiocaps beside laion: CoDi's
+    # Table 1 trains audio->text too), each batch paired with the conditions its own set carries
     images: str = ""
     image_fraction: float = 0.0
     s3: S3Config = field(default_factory=S3Config)
@@ -70,7 +72,7 @@ class DataConfig:
         if not 0.0 <= self.image_fraction < 1.0:
             raise ValueError(f"data.image_fraction must lie in [0, 1), got {self.image_fraction}")
         if self.image_fraction > 0 and not self.images:
-            raise ValueError("data.image_fraction > 0 needs data.images (a shard set of image-text pairs)")
+            raise ValueError("data.image_fraction > 0 needs data.images (the second shard set)")
 
 
 @dataclass

@@ -39,20 +39,27 @@ def check_data_fits(cfg: TrainConfig) -> None:
     """Fail before any worker starts when the shards cannot feed this stage (one line each):
     text-to-image checks the image size; the CoDi stage kinds check that the manifest carries every
     modality the task needs (``task.required``, ``batches.check_manifest``)."""
-    from training.tasks.batches import check_manifest
+    from training.tasks.batches import check_manifest, check_shard_sets
 
     manifest = read_manifest(cfg.data.path, cfg.data.s3)
+    second = read_manifest(cfg.data.images, cfg.data.s3) if cfg.data.image_fraction > 0 else None
     if cfg.task.kind == "text_to_image":
         check_text_to_image_data(cfg, manifest)
+        if second is not None:
+            check_manifest(second, ["image", "text"], cfg.data.images)
     else:
         from training.task import build_task
 
-        check_manifest(manifest, build_task(cfg).required, cfg.data.path)
+        task = build_task(cfg)
+        if second is None:
+            check_manifest(manifest, task.required, cfg.data.path)
+        elif not hasattr(task, "shard_set_needs"):
+            raise UsageError(f"data.images: a {cfg.task.kind} stage reads one shard set (set data.image_fraction: 0)")
+        else:      # the second shard set: the video LDM's images, the text stages' audio captions
+            check_shard_sets({cfg.data.path: manifest, cfg.data.images: second}, *task.shard_set_needs())
     check_fills_a_batch(cfg, manifest, cfg.data.path)
-    if cfg.data.image_fraction > 0:        # joint image-video training's image-text pairs
-        images = read_manifest(cfg.data.images, cfg.data.s3)
-        check_manifest(images, ["image", "text"], cfg.data.images)
-        check_fills_a_batch(cfg, images, cfg.data.images)
+    if second is not None:
+        check_fills_a_batch(cfg, second, cfg.data.images)
 
 
 def check_fills_a_batch(cfg: TrainConfig, manifest: dict, uri: str) -> None:

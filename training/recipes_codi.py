@@ -100,10 +100,21 @@ def stage(name: str, task: TaskConfig, data: str, budget: Budget = DEBUG, codecs
 
 # -- recipes: each takes its Budget and codecs variant (``codi_schedule`` binds them) ----------------
 
-def autoencoder(piece: str, data: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS) -> TrainConfig:
-    """One codecs piece (image / audio VAE, vocoder, Optimus text VAE) on its own."""
-    return stage(f"{piece}_autoencoder", TaskConfig(kind="autoencoder", autoencoder=AutoencoderObjective(piece)),
-                 data, budget, codecs)
+def with_second_set(cfg: TrainConfig, fraction: float) -> TrainConfig:
+    """``cfg`` taking ``fraction`` of its batches from the stage's second shard set (``data.images``, set by
+    the schedule from the stage's ``images`` style)."""
+    if fraction <= 0:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, images=SET_BY_SCHEDULE, image_fraction=fraction))
+
+
+def autoencoder(piece: str, data: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS,
+                second_fraction: float = 0.0) -> TrainConfig:
+    """One codecs piece (image / audio VAE, vocoder, Optimus text VAE) on its own; ``second_fraction`` of its
+    batches from a second shard set (the text VAE: audio captions beside image captions)."""
+    return with_second_set(stage(f"{piece}_autoencoder", TaskConfig(kind="autoencoder",
+                                                                   autoencoder=AutoencoderObjective(piece)),
+                                 data, budget, codecs), second_fraction)
 
 
 def bridging(modality: str, data: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS) -> TrainConfig:
@@ -117,19 +128,18 @@ def clip_pretraining(data: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODE
     CoDi starts from OpenAI's): on image–text pairs (``image``), or on the video–text pairs of ``data``
     with ``image_fraction`` of the batches image–text pairs from the stage's ``images`` shard set
     (``image+video``: the text tower learns the words only motion shows)."""
-    cfg = stage("clip_pretraining", TaskConfig(kind="bridging_alignment", bridging=BridgingObjective(modality)),
-                data, budget, codecs)
-    if image_fraction > 0:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, images=SET_BY_SCHEDULE,
-                                                                image_fraction=image_fraction))
-    return cfg
+    return with_second_set(stage("clip_pretraining", TaskConfig(kind="bridging_alignment",
+                                                                bridging=BridgingObjective(modality)),
+                                 data, budget, codecs), image_fraction)
 
 
 def ldm(modality: str, data: str, conditions: Mapping[str, float], budget: Budget = DEBUG,
         codecs: str = DEBUG_CODECS, frames: int = 0, frame_stride: int = 1, image_fraction: float = 0.25,
-        video_train: str = "video_layers+cross_attention") -> TrainConfig:
+        video_train: str = "video_layers+cross_attention", second_fraction: float = 0.0) -> TrainConfig:
     """One modality's LDM on a CoDi holding only its UNet; video starts from the image LDM (``from_ldm``) and
-    trains ``video_train`` of it (``LDMObjective.train``)."""
+    trains ``video_train`` of it (``LDMObjective.train``). ``second_fraction`` of the batches come from a
+    second shard set, paired with the conditions that set carries (the text LDM: image captions with text
+    or image conditions, audio captions with text or audio); the video LDM's is ``image_fraction``."""
     specs = {"image": {"image": tiny_image_unet(video=True)}, "audio": {"audio": tiny_audio_unet()},
              "text": {"text": tiny_text_unet()}, "video": None}[modality]
     # the video LDM grows video layers on the image LDM's UNet (one UNet for both) and trains those (and the
@@ -139,11 +149,9 @@ def ldm(modality: str, data: str, conditions: Mapping[str, float], budget: Budge
     task = TaskConfig(kind="ldm", ldm=objective, codi=CoDiConfig(**specs) if specs else None,
                       init="" if specs else UPSTREAM)
     cfg = stage(f"{modality}_ldm", task, data, budget, codecs)
-    if modality == "video" and image_fraction > 0:   # joint image-video training: this fraction of the
-        # batches are images as 1-frame videos (CoDi's appendix), from the stage's ``images`` shard set
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, images=SET_BY_SCHEDULE,
-                                                                image_fraction=image_fraction))
-    return cfg
+    # joint image-video training: this fraction of the video LDM's batches are images as 1-frame videos
+    # (CoDi's appendix), from the stage's ``images`` shard set
+    return with_second_set(cfg, image_fraction if modality == "video" else second_fraction)
 
 
 def alignment(phase: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODECS,

@@ -46,7 +46,7 @@ class Stage:
 
     ``data`` names the prepared shard style the stage reads (``laion``, ``webvid`` ...), mapped to a
     URI by the schedule's ``--data STYLE=URI``; ``images`` (optional) the style of a second shard set
-    of image–text pairs (``data.images``: a video LDM's images as 1-frame videos). ``upstream``
+    (``data.images``: a video LDM's images as 1-frame videos, the text stages' audio captions). ``upstream``
     (optional) gets the stage's config and the checkpoint URIs of its needs when it starts, and
     returns the config that loads from them. ``expected_s`` (optional): how long the stage takes, in
     seconds (measured on an earlier run), for the launch order.
@@ -180,7 +180,7 @@ def resolve_stage_config(stage: Stage, schedule_name: str, storage_path: str, da
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=data[stage.data]))
     if stage.images is not None:
         if stage.images not in data:
-            raise UsageError(f"stage {stage.name!r}: needs --data {stage.images}=URI for its image batches "
+            raise UsageError(f"stage {stage.name!r}: needs --data {stage.images}=URI for its second shard set "
                              f"(given: {', '.join(sorted(data)) or 'none'})")
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, images=data[stage.images]))
     return apply_overrides(cfg, stage_overrides(stage.name, overrides, stage_names), f"<overrides of stage {stage.name}>")

@@ -92,7 +92,7 @@ def build_task(cfg: TrainConfig) -> StageTask:
         return BridgingTask(t.bridging, encoder=lambda: getattr(load_codecs(t.codecs, s3), piece), text=codecs)
     if t.kind == "ldm":
         codi = t.codi if t.codi is not None else init_config(t, s3)
-        return LDMTask(t.ldm, codi, codecs, init=init)
+        return LDMTask(t.ldm, codi, codecs, init=init, second_set=cfg.data.image_fraction > 0)
     if t.kind == "latent_alignment":
         return LatentAlignmentTask(t.latent_alignment, init, codecs)
     if t.kind == "cascade":

@@ -169,6 +169,12 @@ def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_d
     record = json.loads((ckpt["video_ldm"] / "ranks" / "rank_0.json").read_text())
     clips = {k for keys in record["samples"].values() for k in keys}
     assert record["image_samples"] and not set(record["image_samples"]) & clips, record
+    # the text VAE and the text LDM: their second step was a batch of audio captions (CoDi's audio->text)
+    for name in ("text_autoencoder", "text_ldm"):
+        assert (cfgs[name].data.path, cfgs[name].data.images) == (data["laion"], data["audiocaps"]), name
+        record = json.loads((ckpt[name] / "ranks" / "rank_0.json").read_text())
+        assert record["image_samples"] and any(record["samples"].values()), (name, record)
+    assert sorted(cfgs["text_ldm"].task.ldm.condition.weights) == ["audio", "image", "text"]
 
     # latent alignment: phase 1 starts from the three LDMs merged, each phase moves only its V + cross-attention
     # (the last phase audio's as well as video's: JOINT_VIDEO_AUDIO)

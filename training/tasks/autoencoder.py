@@ -135,6 +135,10 @@ class AutoencoderTask:
     def required(self) -> list[str]:
         return [DATA[self.objective.piece]]
 
+    def shard_set_needs(self) -> tuple[list[str], list[str], list[str]]:
+        """With a second shard set (the text VAE on image and audio captions): both carry the piece's data."""
+        return self.required, self.required, []
+
     def vae_config(self):
         return self.cfg.audio.vae if self.objective.piece == "audio" else self.cfg.image
 

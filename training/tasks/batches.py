@@ -53,6 +53,20 @@ def check_manifest(manifest: Mapping, modalities, shard_set: str) -> None:
             raise missing_error(shard_set, modality)
 
 
+def check_shard_sets(manifests: Mapping[str, Mapping], first: list[str], second: list[str], either: list[str]) -> None:
+    """A stage on two shard sets (``{uri: manifest}``, its own first): the first must carry ``first``, the
+    second ``second``, and each of ``either`` must be carried by at least one of them."""
+    (first_uri, first_manifest), (second_uri, second_manifest) = manifests.items()
+    check_manifest(first_manifest, first, first_uri)
+    check_manifest(second_manifest, second, second_uri)
+    for modality in either:
+        if modality == "text":
+            continue
+        if not any(m.get("tensors", {}).get(column_for(modality), {}).get("count", 0) for m in manifests.values()):
+            raise UsageError(f"{first_uri} and {second_uri}: neither shard set has a '{column_for(modality)}' "
+                             f"tensor, which this stage needs for {modality}{HINT[modality]}")
+
+
 def modality_data(batch: Mapping, modality: str, shard_set: str):
     """The batch's data for ``modality`` in the models' layout (uint8 tensors, float32 waveform, list[str])."""
     name = column_for(modality)

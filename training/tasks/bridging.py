@@ -121,6 +121,10 @@ class BridgingTask:
     def required(self) -> list[str]:
         return sorted({ENCODE[self.objective.modality], "text"})
 
+    def shard_set_needs(self) -> tuple[list[str], list[str], list[str]]:
+        """With a second shard set (``image+video``: CLIP on clips and on image–text pairs)."""
+        return self.required, ["image", "text"], []
+
     def build_trainable(self) -> nn.Module:
         o = self.objective
         # the encoder may come out of a Codecs, whose prompt encoders are frozen: here it is what trains

@@ -26,7 +26,7 @@ from models.diffusion.config import build_schedule, conditioning_time
 from models.diffusion.losses import diffusion_loss
 from training.objectives import compose_condition, condition_keep_mask, diffusion_draw, sample_condition
 from training.tasks.base import frozen, save_codi_folder, weighted_mean
-from training.tasks.batches import batch_size, images_as_videos, modality_data, presence, take_frames
+from training.tasks.batches import batch_size, column_for, images_as_videos, modality_data, presence, take_frames
 
 GENERATED = ("image", "video", "audio", "text")
 CONDITIONS = ("text", "image", "video", "audio")
@@ -86,15 +86,22 @@ class LDMObjective:
 
 @torch.no_grad()
 def condition_inputs(codecs: Codecs, batch: Mapping, cfg: ConditionConfig, shard_set: str,
-                     generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
-    """``context`` (b, 1, 768) plus what was drawn: ``cond_choice`` (index into ``cfg.weights``) and ``cond_keep``."""
+                     generator: torch.Generator, device: torch.device, optional: bool = False) -> dict[str, Tensor]:
+    """``context`` (b, 1, 768) plus what was drawn: ``cond_choice`` (index into ``cfg.weights``) and ``cond_keep``.
+
+    With ``optional``, a condition whose column the batch lacks is paired with none of its examples (a
+    stage on two shard sets: the text LDM's laion batches have no audio, its audiocaps batches no
+    image); without, that is the shard set's error, as for any missing tensor."""
     names, weights = list(cfg.weights), list(cfg.weights.values())
     b = batch_size(batch)
-    available = torch.stack([presence(batch, c, shard_set) for c in names], dim=1)
+    carried = [not optional or column_for(c) in batch for c in names]
+    available = torch.stack([presence(batch, c, shard_set) if here else torch.zeros(b, dtype=torch.bool)
+                             for c, here in zip(names, carried)], dim=1)
     choice = sample_condition(available, weights, generator)
     keep = condition_keep_mask(b, cfg.drop_prob, generator)
-    embeds = torch.stack([codecs.condition(c, modality_data(batch, c, shard_set)).float() for c in names])
     nulls = torch.stack([codecs.null(c, 1).float().expand(b, -1, -1) for c in names])
+    embeds = torch.stack([codecs.condition(c, modality_data(batch, c, shard_set)).float() if here else nulls[i]
+                          for i, (c, here) in enumerate(zip(names, carried))])
     context = compose_condition(embeds.to(device), choice.to(device), keep.to(device), nulls.to(device))
     return {"context": context, "cond_choice": choice.to(device), "cond_keep": keep.to(device)}
 
@@ -127,9 +134,12 @@ class LDMTask:
     """The ``ldm`` stage kind: one generated modality on its UNet of a ``CoDi``."""
 
     def __init__(self, objective: LDMObjective, codi: CoDiConfig, codecs: Callable[[], Codecs],
-                 init: Optional[Callable[[], CoDi]] = None):
-        """``codi`` sizes the model; ``init`` (optional) builds it instead, e.g. ``CoDi.from_pretrained`` of an upstream stage."""
+                 init: Optional[Callable[[], CoDi]] = None, second_set: bool = False):
+        """``codi`` sizes the model; ``init`` (optional) builds it instead, e.g. ``CoDi.from_pretrained`` of an
+        upstream stage; ``second_set``: some batches come from the stage's second shard set (``data.images``),
+        and each batch's examples are paired with the conditions its own set carries."""
         self.objective, self.codi_config, self.make_codecs, self.init = objective, codi, codecs, init
+        self.second_set = second_set
         self.diffusion = codi.diffusion
         self.schedule = build_schedule(codi.diffusion)
 
@@ -137,6 +147,12 @@ class LDMTask:
     def required(self) -> list[str]:
         """Modalities the stage's shard set must carry (for ``batches.check_manifest`` before the stage starts)."""
         return sorted({self.objective.modality, *self.objective.condition.weights})
+
+    def shard_set_needs(self) -> tuple[list[str], list[str], list[str]]:
+        """With a second shard set: what the first must carry, what the second must (its images are the
+        video LDM's 1-frame videos), and what at least one of them must (each condition)."""
+        m = self.objective.modality
+        return [m], ["image" if m == "video" else m], sorted(self.objective.condition.weights)
 
     def build_trainable(self) -> nn.Module:
         model = self.init() if self.init is not None else CoDi(self.codi_config)
@@ -159,7 +175,7 @@ class LDMTask:
         o = self.objective
         batch = take_frames(images_as_videos(batch) if o.modality == "video" else batch, o.frames, o.frame_stride)
         x0, weight = encode_target(codecs, batch, o.modality, o.shard_set, device)
-        inputs = condition_inputs(codecs, batch, o.condition, o.shard_set, generator, device)
+        inputs = condition_inputs(codecs, batch, o.condition, o.shard_set, generator, device, optional=self.second_set)
         return {**inputs, **diffusion_draw(x0, self.diffusion, self.schedule, generator), "weight": weight}
 
     def per_sample_loss(self, denoiser, inputs: Mapping[str, Tensor], dtype: torch.dtype) -> Tensor:
