@@ -81,6 +81,25 @@ def test_pre_start_check_asks_each_codi_task_for_its_modalities(tmp_path, codecs
         check_data_fits(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=one)))
 
 
+def test_pre_start_check_of_a_stage_on_two_shard_sets(tmp_path, codecs_dir):
+    """The text LDM on laion + audiocaps: each condition must come from one of the sets; a stage kind that
+    reads one shard set refuses a second."""
+    laion = write_manifest(tmp_path / "laion", {"image": {"shape": [16, 16, 3], "count": 8}})
+    audiocaps = write_manifest(tmp_path / "audiocaps", {"audio": {"shape": [5120], "count": 8}})
+    laion2 = write_manifest(tmp_path / "laion2", {"image": {"shape": [16, 16, 3], "count": 8}})
+
+    def on(cfg, first, second):
+        return dataclasses.replace(with_codecs(cfg, codecs_dir), data=dataclasses.replace(
+            cfg.data, path=first, images=second, image_fraction=cfg.data.image_fraction or 0.5))
+
+    text = rc.ldm("text", "laion", {"text": 1.0, "image": 1.0, "audio": 1.0}, second_fraction=0.5)
+    check_data_fits(on(text, laion, audiocaps))
+    with pytest.raises(UsageError, match=f"{laion} and {laion2}: neither shard set has a 'audio' tensor"):
+        check_data_fits(on(text, laion, laion2))
+    with pytest.raises(UsageError, match="a cascade stage reads one shard set"):
+        check_data_fits(on(rc.cascade("tsr"), laion, audiocaps))
+
+
 def test_debug_codecs_are_written_once_under_the_storage_path(tmp_path):
     cfg = dataclasses.replace(rc.ldm("image", "laion", {"text": 1.0}), storage_path=str(tmp_path / "runs"))
     resolved = resolve_debug_codecs(cfg)

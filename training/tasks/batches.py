@@ -40,16 +40,16 @@ def missing_error(shard_set: str, modality: str) -> UsageError:
                       f"stage needs for {modality}{HINT[modality]}")
 
 
-def check_manifest(manifest: Mapping, modalities, shard_set: str) -> None:
-    """Refuse, before anything starts, a shard set whose manifest lacks a tensor the stage needs.
+def carries(manifest: Mapping, modality: str) -> bool:
+    """Whether a shard set carries ``modality``: captions are in every sample's json, so ``text`` always;
+    any other modality must be a ``tensors`` entry of the manifest that at least one sample carries."""
+    return modality == "text" or manifest.get("tensors", {}).get(column_for(modality), {}).get("count", 0) > 0
 
-    Captions are in every sample's json, so ``text`` is always present; any other modality must be
-    a ``tensors`` entry of the manifest that at least one sample carries.
-    """
-    tensors = manifest.get("tensors", {})
+
+def check_manifest(manifest: Mapping, modalities, shard_set: str) -> None:
+    """Refuse, before anything starts, a shard set whose manifest lacks a tensor the stage needs."""
     for modality in modalities:
-        name = column_for(modality)
-        if modality != "text" and tensors.get(name, {}).get("count", 0) == 0:
+        if not carries(manifest, modality):
             raise missing_error(shard_set, modality)
 
 
@@ -60,9 +60,7 @@ def check_shard_sets(manifests: Mapping[str, Mapping], first: list[str], second:
     check_manifest(first_manifest, first, first_uri)
     check_manifest(second_manifest, second, second_uri)
     for modality in either:
-        if modality == "text":
-            continue
-        if not any(m.get("tensors", {}).get(column_for(modality), {}).get("count", 0) for m in manifests.values()):
+        if not any(carries(m, modality) for m in manifests.values()):
             raise UsageError(f"{first_uri} and {second_uri}: neither shard set has a '{column_for(modality)}' "
                              f"tensor, which this stage needs for {modality}{HINT[modality]}")
 
