@@ -19,6 +19,7 @@ from common.config import from_dict
 from common.resources import WorkerResources
 from common.storage import S3Config
 from models.codi import CoDiConfig
+from models.diffusion.config import DiffusionConfig
 from models.codi.config import UNetSpec
 from training.config import EMAConfig, OptimConfig, Precision, ScalingConfig, TrainConfig
 from training.task_config import DEBUG_CODECS, CodecsSource, TaskConfig
@@ -135,18 +136,23 @@ def clip_pretraining(data: str, budget: Budget = DEBUG, codecs: str = DEBUG_CODE
 
 def ldm(modality: str, data: str, conditions: Mapping[str, float], budget: Budget = DEBUG,
         codecs: str = DEBUG_CODECS, frames: int = 0, frame_stride: int = 1, image_fraction: float = 0.25,
-        video_train: str = "video_layers+cross_attention", second_fraction: float = 0.0) -> TrainConfig:
+        video_train: str = "video_layers+cross_attention", second_fraction: float = 0.0,
+        min_snr_gamma: Optional[float] = None) -> TrainConfig:
     """One modality's LDM on a CoDi holding only its UNet; video starts from the image LDM (``from_ldm``) and
     trains ``video_train`` of it (``LDMObjective.train``). ``second_fraction`` of the batches come from a
     second shard set, paired with the conditions that set carries (the text LDM: image captions with text
-    or image conditions, audio captions with text or audio); the video LDM's is ``image_fraction``."""
+    or image conditions, audio captions with text or audio); the video LDM's is ``image_fraction``.
+    ``min_snr_gamma``: weight the ε-loss by min(SNR, γ)/SNR (Hang et al. 2023; CoDi: none). It is part of
+    the CoDi config's diffusion block, so the video LDM and the latent alignment inherit it from their
+    upstream LDMs (which must agree on it to merge)."""
     specs = {"image": {"image": tiny_image_unet(video=True)}, "audio": {"audio": tiny_audio_unet()},
              "text": {"text": tiny_text_unet()}, "video": None}[modality]
     # the video LDM grows video layers on the image LDM's UNet (one UNet for both) and trains those (and the
     # text cross-attention, with images among its batches)
     objective = LDMObjective(modality, ConditionConfig(dict(conditions), drop_prob=0.1), frames=frames,
                              frame_stride=frame_stride, train=video_train if modality == "video" else "all")
-    task = TaskConfig(kind="ldm", ldm=objective, codi=CoDiConfig(**specs) if specs else None,
+    diffusion = DiffusionConfig(data_space="latent", min_snr_gamma=min_snr_gamma)
+    task = TaskConfig(kind="ldm", ldm=objective, codi=CoDiConfig(**specs, diffusion=diffusion) if specs else None,
                       init="" if specs else UPSTREAM)
     cfg = stage(f"{modality}_ldm", task, data, budget, codecs)
     # joint image-video training: this fraction of the video LDM's batches are images as 1-frame videos

@@ -103,6 +103,33 @@ def test_loss_falls_on_a_fixed_batch(codecs, modality, unets, batch):
     assert losses[-1] < 0.6 * losses[0], losses
 
 
+
+def test_min_snr_gamma_weights_each_sample_by_min_snr_over_snr(codecs):
+    """With ``min_snr_gamma`` the LDM's per-sample ε-loss is the plain one times min(SNR, γ)/SNR (Hang et
+    al. 2023), SNR = ᾱ/(1 − ᾱ) from diffusers' scaled-linear schedule (the oracle), on both sides of γ."""
+    from diffusers import DDPMScheduler
+    from models.diffusion.config import DiffusionConfig
+    from training.objectives import diffusion_draw
+
+    torch.manual_seed(0)
+    plain = LDMTask(LDMObjective("image"), tiny_codi(image=tiny_image()), lambda: codecs)
+    weighted = LDMTask(LDMObjective("image"), CoDiConfig(image=tiny_image(), diffusion=DiffusionConfig(
+        data_space="latent", min_snr_gamma=5.0)), lambda: codecs)
+    model = plain.build_trainable()
+    inputs = plain.batch_inputs(laion_batch(4), codecs, torch.Generator().manual_seed(0), torch.device("cpu"))
+    t = torch.tensor([5, 120, 400, 900])
+    inputs = {**inputs, **diffusion_draw(inputs["x0"], plain.diffusion, plain.schedule,
+                                         torch.Generator().manual_seed(1), t=t)}
+    with torch.no_grad():
+        ratio = (weighted.per_sample_loss(model, inputs, torch.float32)
+                 / plain.per_sample_loss(model, inputs, torch.float32)).double()
+    ac = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                       beta_schedule="scaled_linear").alphas_cumprod.double()[t]
+    snr = ac / (1 - ac)
+    assert snr[0] > 5 > snr[-1]
+    assert torch.allclose(ratio, torch.clamp(snr, max=5.0) / snr, rtol=1e-4)
+    assert ratio[-1].item() == pytest.approx(1.0) and ratio[0].item() < 0.05
+
 def test_inputs_split_into_micro_batches(codecs):
     """Every input has the batch as its first dim and the loss is a per-example mean, so the engine may
     split a step's inputs into micro-batches (gradient accumulation) without changing the step."""

@@ -190,6 +190,8 @@ def test_codi_debug_trains_every_stage_kind_in_its_dag_and_skips_on_rerun(codi_d
         for m in trains:                          # every trained UNet's V / connectors moved
             assert moved & set(alignment_parameter_names(aligned, (m,))), (name, m)
         assert cfgs[name].task.codecs == cfgs["image_ldm"].task.codecs, name
+        # the LDMs' min-SNR loss weight (DEMO_MIN_SNR_GAMMA) came along with their weights
+        assert aligned.config.diffusion.min_snr_gamma == 5.0, name
         previous, before = name, state
     assert cfgs["text_image_alignment"].task.init_parts == {"image": uri["video_ldm"], "audio": uri["audio_ldm"],
                                                             "text": uri["text_ldm"]}

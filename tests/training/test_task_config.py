@@ -37,6 +37,21 @@ def test_every_codi_debug_recipe_round_trips_through_its_yaml_dict():
         assert from_dict(TrainConfig, to_dict(cfg)) == cfg, stage.name
 
 
+def test_demo_ldms_weight_by_min_snr_and_codi_default_does_not():
+    """The demo's (and its debug twin's) image, audio and text LDMs train with min-SNR-5 (the video LDM
+    inherits it from the image LDM it grows on); ``codi_schedule``'s default keeps CoDi's unweighted loss."""
+    from training.schedules import DEMO_BUDGETS, codi_schedule, video_curriculum
+
+    for name in ("codi_demo", "codi_debug"):
+        ldms = {s.name: s.recipe() for s in SCHEDULES[name]().stages if s.kind == "ldm"}
+        assert {n: c.task.codi.diffusion.min_snr_gamma for n, c in ldms.items() if c.task.codi} == {
+            "image_ldm": 5.0, "audio_ldm": 5.0, "text_ldm": 5.0}, name
+        assert ldms["video_ldm"].task.codi is None and ldms["video_ldm"].task.init, name
+    plain = codi_schedule(DEMO_BUDGETS, "toy", video_curriculum(1, 2))
+    assert {s.recipe().task.codi.diffusion.min_snr_gamma for s in plain.stages
+            if s.kind == "ldm" and s.recipe().task.codi} == {None}
+
+
 def test_a_kind_without_its_objective_is_one_config_error():
     with pytest.raises(ConfigError, match="task.kind ldm needs task.ldm"):
         from_dict(TrainConfig, {"task": {"kind": "ldm"}})
