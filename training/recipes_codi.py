@@ -19,8 +19,8 @@ from common.config import from_dict
 from common.resources import WorkerResources
 from common.storage import S3Config
 from models.codi import CoDiConfig
-from models.diffusion.config import DiffusionConfig
 from models.codi.config import UNetSpec
+from models.diffusion.config import DiffusionConfig
 from training.config import EMAConfig, OptimConfig, Precision, ScalingConfig, TrainConfig
 from training.task_config import DEBUG_CODECS, CodecsSource, TaskConfig
 from training.tasks.autoencoder import AutoencoderObjective

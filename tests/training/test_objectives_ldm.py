@@ -103,7 +103,6 @@ def test_loss_falls_on_a_fixed_batch(codecs, modality, unets, batch):
     assert losses[-1] < 0.6 * losses[0], losses
 
 
-
 def test_min_snr_gamma_weights_each_sample_by_min_snr_over_snr(codecs):
     """With ``min_snr_gamma`` the LDM's per-sample ε-loss is the plain one times min(SNR, γ)/SNR (Hang et
     al. 2023), SNR = ᾱ/(1 − ᾱ) from diffusers' scaled-linear schedule (the oracle), on both sides of γ."""
@@ -129,6 +128,7 @@ def test_min_snr_gamma_weights_each_sample_by_min_snr_over_snr(codecs):
     assert snr[0] > 5 > snr[-1]
     assert torch.allclose(ratio, torch.clamp(snr, max=5.0) / snr, rtol=1e-4)
     assert ratio[-1].item() == pytest.approx(1.0) and ratio[0].item() < 0.05
+
 
 def test_inputs_split_into_micro_batches(codecs):
     """Every input has the batch as its first dim and the loss is a per-example mean, so the engine may
