@@ -148,12 +148,15 @@ def codi_debug() -> Schedule:
                          min_snr_gamma=DEMO_MIN_SNR_GAMMA)
 
 
-def demo_budget(steps: int, batch: int = 8, lr: float = 1e-3, workers: int = 1,
+DEMO_CPUS = 1.5        # a stage's logical CPUs: two side by side on the demo's 4, one left for Ray Data
+DEMO_ALONE_CPUS = 2.0  # a stage that runs with nothing beside it: both cores, torch on 2 threads
+
+
+def demo_budget(steps: int, batch: int = 8, lr: float = 1e-3, workers: int = 1, cpus: float = DEMO_CPUS,
                 precision: Precision = "fp32", expected_s: float | None = None) -> rc.Budget:
-    """``workers`` sharing 1.5 logical CPUs (two stages side by side on the demo's 4 logical CPUs, one
-    left for Ray Data: on 2 cores, more stages at once only slow each other), a short warmup, a loss line
-    every 25 steps."""
-    return rc.Budget(steps=steps, batch=batch, workers=workers, cpus=1.5 / workers, lr=lr,
+    """``workers`` sharing ``cpus`` logical CPUs (by default ``DEMO_CPUS``: on 2 cores, more stages at once
+    only slow each other), a short warmup, a loss line every 25 steps."""
+    return rc.Budget(steps=steps, batch=batch, workers=workers, cpus=cpus / workers, lr=lr,
                      warmup=min(20, steps // 10), log_every=25, precision=precision, expected_s=expected_s)
 
 
@@ -218,11 +221,14 @@ DEMO_BUDGETS = {
     # 28 %, audio->text pitch 36 % / rhythm 27 %; after 1000, 78 % and 62 / 41 % (0.29 s a step)
     "text_ldm": demo_budget(1000, batch=32, expected_s=330),
     "video_ldm": demo_budget(500, batch=8, expected_s=590),
-    "text_image_alignment": demo_budget(40, expected_s=45),
-    "audio_text_alignment": demo_budget(20, expected_s=59),
-    # 300 steps of 4 clips (1 s a step in one process on 2 threads): see JOINT_VIDEO_AUDIO; 467 s in session
-    # 12's demo on the AMD EPYC
-    "video_audio_alignment": demo_budget(300, batch=4, expected_s=467),
+    # The three latent-alignment phases need every LDM and each other, so they close the run one after
+    # another with no stage beside them (fits_beside keeps DATA_RESERVE free, so 2 + 1.5 CPUs never run
+    # together on the demo's 4): they take both cores. Phase 3's step (4 clips, one process, demo16's
+    # stage config) took 1.40 s on 1 thread and 0.90 s on 2.
+    "text_image_alignment": demo_budget(40, cpus=DEMO_ALONE_CPUS, expected_s=45),
+    "audio_text_alignment": demo_budget(20, cpus=DEMO_ALONE_CPUS, expected_s=47),
+    # 300 steps of 4 clips: see JOINT_VIDEO_AUDIO; 426 s on one thread in session 16's demo on the AMD EPYC
+    "video_audio_alignment": demo_budget(300, batch=4, cpus=DEMO_ALONE_CPUS, expected_s=300),
     # the cascade is there to show the stage kinds run (and the base's distillation start from its export);
     # the demo samples nothing through it
     **{f"cascade_{k}": demo_budget(2, batch=2, expected_s=48) for k in ("base", "ssr", "tsr")},
@@ -233,7 +239,8 @@ DEMO_BUDGETS = {
 def codi_demo() -> Schedule:
     """The demo's training: ``codi_debug``'s DAG on the toy codecs (which decode mels with Griffin-Lim, so
     no vocoder stage: a HiFi-GAN from scratch reached 16 % pitch accuracy after 300 CPU steps), each
-    stage on one worker of 1.5 logical CPUs for the steps of ``DEMO_BUDGETS``."""
+    stage on one worker of ``DEMO_CPUS`` logical CPUs (the latent-alignment phases, which run alone at the end,
+    ``DEMO_ALONE_CPUS``) for the steps of ``DEMO_BUDGETS``."""
     video = DEMO_BUDGETS["video_ldm"].steps
     bf16 = cpu_has_bf16()
     budgets = {name: b if bf16 else dataclasses.replace(b, precision="fp32") for name, b in DEMO_BUDGETS.items()}

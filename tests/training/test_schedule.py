@@ -234,3 +234,24 @@ def test_the_demo_schedule_starts_its_slowest_chain_first():
                                "video_audio_alignment"}
     debug = codi_debug()            # no figures: ordered by runs, the image chain first
     assert not any(s.expected_s for s in debug.stages) and debug.launch_order()[0] == "clip_pretraining"
+
+
+def test_the_demo_alignment_phases_take_both_cores_and_never_run_beside_another_stage():
+    """The latent-alignment phases close the demo alone: they reserve 2 logical CPUs (torch on 2 threads),
+    which on the demo's 4-CPU Ray never fits beside another stage's 1.5 with Ray Data's CPU kept free,
+    so two cores never carry three threads; every other stage keeps 1.5 (1 thread) and two run at once."""
+    from training.schedules import codi_demo
+
+    cluster = {"CPU": 4.0}
+    resources = {s.name: StageResources.of(s.recipe()) for s in codi_demo().stages}
+    alone = {n for n, r in resources.items() if r.per_worker["CPU"] == 2.0}
+    assert alone == {"text_image_alignment", "audio_text_alignment", "video_audio_alignment"}
+    for name in alone:
+        cfg = next(s for s in codi_demo().stages if s.name == name).recipe()
+        assert cfg.scaling.worker.threads == 2 and cfg.scaling.num_workers == 1
+        assert fits_beside(resources[name], [], cluster)
+        assert not fits_beside(resources[name], [resources["cascade_ssr"]], cluster)
+        assert not fits_beside(resources["cascade_ssr"], [resources[name]], cluster)
+    others = [r for n, r in resources.items() if n not in alone]
+    assert all(r.per_worker["CPU"] == 1.5 and r.num_workers == 1 for r in others)
+    assert fits_beside(resources["audio_ldm"], [resources["image_ldm"]], cluster)
