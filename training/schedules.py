@@ -214,7 +214,8 @@ DEMO_BUDGETS = {
     # (rhythm 25 %), so 1500 of its steps cost 13 % more than the old 1000 (README: why pitch fell). Under
     # min-SNR-5 (DEMO_MIN_SNR_GAMMA), one process on one thread: pitch 91 / 92 / 94 / 92 % after 1000 / 1100 /
     # 1200 / 1500 steps, so 1200 (1537 s for 1500 in session 15's fp32 demo); the stage then ends about when
-    # the image, video and text LDMs on the other slot do
+    # the image, video and text LDMs on the other slot do. On a 2-core Intel Xeon with AMX (session 18), one
+    # demo run each: 528 s under autocast, pitch 84 % of 64; 604 s in fp32, pitch 81 %
     "audio_ldm": demo_budget(1200, batch=16, lr=2e-3, precision="bf16_autocast", expected_s=1240),
     # on image and audio captions (TEXT_LDM_CONDITIONS), one process on 2 threads from session 12's codecs with
     # the text VAE retrained on both caption sets, 64 held-out inputs each: after 300 steps image->text colour
@@ -227,7 +228,8 @@ DEMO_BUDGETS = {
     # stage config) took 1.40 s on 1 thread and 0.90 s on 2.
     "text_image_alignment": demo_budget(40, cpus=DEMO_ALONE_CPUS, expected_s=45),
     "audio_text_alignment": demo_budget(20, cpus=DEMO_ALONE_CPUS, expected_s=47),
-    # 300 steps of 4 clips: see JOINT_VIDEO_AUDIO; 426 s on one thread in session 16's demo on the AMD EPYC
+    # 300 steps of 4 clips: see JOINT_VIDEO_AUDIO; 426 s on one thread in session 16's demo on the AMD EPYC,
+    # 218 s on two in session 18's on a 2-core Intel Xeon
     "video_audio_alignment": demo_budget(300, batch=4, cpus=DEMO_ALONE_CPUS, expected_s=300),
     # the cascade is there to show the stage kinds run (and the base's distillation start from its export);
     # the demo samples nothing through it
