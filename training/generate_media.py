@@ -107,12 +107,10 @@ def write_wav(path: Path, wave: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
 
 def write_mp4(path: Path, video: np.ndarray, fps: float, audio: Optional[np.ndarray] = None,
               rate: int = SAMPLE_RATE) -> Path:
-    """H.264 MP4 of uint8 ``f h w 3`` frames; with ``audio`` (mono float) muxed in as AAC. The same
-    samples give the same bytes in every run (``encode_video(reproducible=True)``)."""
+    """H.264 MP4 of uint8 ``f h w 3`` frames; with ``audio`` (mono float) muxed in as AAC."""
     frames = even(video)
     track = None if audio is None else full_scale(audio)[None]
-    return encode_video(path, list(frames), fps, (frames.shape[2], frames.shape[1]), audio=track, audio_rate=rate,
-                        reproducible=True)
+    return encode_video(path, list(frames), fps, (frames.shape[2], frames.shape[1]), audio=track, audio_rate=rate)
 
 
 def write_txt(path: Path, text: str) -> Path:
