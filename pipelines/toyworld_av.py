@@ -78,9 +78,11 @@ def synth_sound(sound: Sound, seconds: float = SOUND_SECONDS, rate: int = AUDIO_
 
 def write_clip(path: str | Path, clip: Clip, size: int = VIDEO_SIZE, fps: float = VIDEO_FPS,
                seconds: float = VIDEO_SECONDS, audio_rate: int = AUDIO_RATE, with_audio: bool = True) -> Path:
-    """One toy video as a file (container from the extension), its sound muxed in as the audio track."""
+    """One toy video as a file (container from the extension), its sound muxed in as the audio track; the
+    same bytes for the same clip in every run (``encode_video(reproducible=True)``)."""
     audio = synth_sound(clip.sound, seconds, audio_rate)[None] if with_audio else None
-    return encode_video(path, render_frames(clip, size, fps, seconds), fps, (size, size), audio, audio_rate)
+    return encode_video(path, render_frames(clip, size, fps, seconds), fps, (size, size), audio, audio_rate,
+                        reproducible=True)
 
 
 def write_sound(path: str | Path, sound: Sound, seconds: float = SOUND_SECONDS, rate: int = AUDIO_RATE) -> Path:

@@ -52,14 +52,19 @@ def test_cascade_cli_samples_student_then_tsr_then_ssr(codi_demo_debug, tmp_path
                                                         frames_of(tmp_path / "c", other, "cascade_ssr")))
     # classifier-free guidance (Imagen's w, every stage; its arithmetic: test_cascade_sampling.py) is recorded;
     # the debug cascade's UNets have no attention level, so they never read the prompt: the CLI says so, and
-    # the guided videos are the unguided ones (to a level of 8 bits: (1 + w)·v − w·v rounds differently)
+    # the guided videos are the unguided ones: the samples to a level of 8 bits ((1 + w)·v − w·v rounds
+    # differently), the decoded MP4s to within H.264's error on top (one 16-px frame is one macroblock, so
+    # one changed decision moves it by a few levels: measured max 6, mean 0.13 of a level); two seeds' videos
+    # are tens of levels apart on average
     capsys.readouterr()
     guided = generate(run, tmp_path / "d", 0, "--guidance-weight", "3")
     assert (record["guidance_weight"], guided["guidance_weight"]) == (0.0, 3.0)
     assert "no stage of this cascade reads the prompt" in capsys.readouterr().out
     for stage in stages:
-        same = zip(frames_of(tmp_path / "a", record, stage), frames_of(tmp_path / "d", guided, stage))
-        assert all(np.abs(x.astype(int) - y.astype(int)).max() <= 1 for x, y in same), stage
+        for x, y, z in zip(frames_of(tmp_path / "a", record, stage), frames_of(tmp_path / "d", guided, stage),
+                           frames_of(tmp_path / "c", other, stage)):
+            guided_gap, seed_gap = (np.abs(x.astype(int) - v.astype(int)).mean() for v in (y, z))
+            assert guided_gap <= 1.0 and seed_gap >= 10.0, (stage, guided_gap, seed_gap)
 
 
 def cascade_config(kind, factor=2):
