@@ -255,3 +255,17 @@ def test_the_demo_alignment_phases_take_both_cores_and_never_run_beside_another_
     others = [r for n, r in resources.items() if n not in alone]
     assert all(r.per_worker["CPU"] == 1.5 and r.num_workers == 1 for r in others)
     assert fits_beside(resources["audio_ldm"], [resources["image_ldm"]], cluster)
+
+
+
+def test_the_demo_video_ldm_takes_a_tenth_of_its_batches_from_images():
+    """DEMO_VIDEO_IMAGE_FRACTION (session 19's measurement, training/schedules.py) reaches the demo's video
+    LDM stage, whose second shard set is the laion images; the debug twin keeps half."""
+    from training.recipes_codi import SET_BY_SCHEDULE
+    from training.schedules import DEMO_VIDEO_IMAGE_FRACTION, codi_debug, codi_demo
+
+    for schedule, fraction in ((codi_demo(), DEMO_VIDEO_IMAGE_FRACTION), (codi_debug(), 0.5)):
+        stage = next(s for s in schedule.stages if s.name == "video_ldm")
+        cfg = stage.recipe()
+        assert (stage.images, cfg.data.images, cfg.data.image_fraction) == ("laion", SET_BY_SCHEDULE, fraction)
+    assert DEMO_VIDEO_IMAGE_FRACTION == 0.1
