@@ -239,8 +239,9 @@ DEMO_BUDGETS = {
 
 
 # The demo's video LDM takes a tenth of its batches from the image captions (1-frame videos), not a quarter.
-# Its motion errors are mostly the wrong sign on the right axis (left read as right, down as up: 13-17 of 27
-# errors on 64 prompts), and images, whose captions use "left" and "right" for positions, teach none of it.
+# Its motion errors are mostly the wrong sign on the right axis (left read as right, down as up: 17 of session
+# 18's 27 errors on 64 prompts), and images, whose captions use "left" and "right" for positions, teach none
+# of it.
 # Session 19, the video LDM retrained alone from session 18's image LDM and codecs (2 threads, exactly
 # reproducing that run's stage), 64 prompts of seed 2000 (motion / video colour / text->image colour /
 # position, %): a quarter 57.8 / 90.6 / 90.6 / 93.8 (seed 0), 71.9 / 78.1 / 95.3 / 93.8 (seed 1); a tenth

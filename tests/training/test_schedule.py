@@ -257,7 +257,6 @@ def test_the_demo_alignment_phases_take_both_cores_and_never_run_beside_another_
     assert fits_beside(resources["audio_ldm"], [resources["image_ldm"]], cluster)
 
 
-
 def test_the_demo_video_ldm_takes_a_tenth_of_its_batches_from_images():
     """DEMO_VIDEO_IMAGE_FRACTION (session 19's measurement, training/schedules.py) reaches the demo's video
     LDM stage, whose second shard set is the laion images; the debug twin keeps half."""
