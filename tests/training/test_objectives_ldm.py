@@ -222,11 +222,16 @@ def test_precision_bf16_autocast_computes_in_bf16_and_keeps_fp32_weights(codecs,
     with torch.no_grad():
         reference = task.loss(model, inputs).item()
     seen.clear()
-    with autocast(cfg, torch.device("cpu")):
-        loss = task.loss(model, inputs)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with autocast(cfg, torch.device("cpu")):
+            loss = task.loss(model, inputs)
+        loss.backward()
     assert seen and set(seen) == {want}
     assert loss.dtype == torch.float32 and loss.item() == pytest.approx(reference, rel=3e-2)
-    loss.backward()
+    kernels = {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+    if precision == "bf16_autocast":   # attention through the math kernel, forward and backward (engine.autocast)
+        assert "aten::_scaled_dot_product_attention_math" in kernels, kernels
+        assert not any("flash" in k for k in kernels), kernels
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters()
                if p.requires_grad and p.grad is not None)
     if precision == "bf16_autocast":
