@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .blocks import GroupNorm32, ResBlock, TimestepBlock, per_frame, zero_
+from .blocks import GroupNorm32, ResBlock, TimestepBlock, norm_over_dim1, per_frame, zero_
 
 MAX_FRAMES = 30          # learned temporal position / frame-rate embeddings
 DEFAULT_FRAMERATE = 4    # CoDi always passes the default
@@ -32,8 +32,7 @@ def frame_axis_layer_norm(x: Tensor, g: Tensor) -> Tensor:
 
     Reproduced as released (a channel LayerNorm was presumably meant); ``g`` scales the channels.
     """
-    var = x.var(dim=1, unbiased=False, keepdim=True)
-    return (x - x.mean(dim=1, keepdim=True)) * var.clamp(min=_norm_eps(x)).rsqrt() * g
+    return norm_over_dim1(x, g, _norm_eps(x))
 
 
 def token_shift(x: Tensor) -> Tensor:
@@ -75,8 +74,7 @@ class ChanLayerNorm(nn.Module):
         self.g = nn.Parameter(torch.ones(dim, 1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        var = x.var(dim=1, unbiased=False, keepdim=True)
-        return (x - x.mean(dim=1, keepdim=True)) * var.clamp(min=_norm_eps(x)).rsqrt() * self.g
+        return norm_over_dim1(x, self.g, _norm_eps(x))
 
 
 class ContinuousPositionBias(nn.Module):

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.codi.blocks import norm_over_dim1
+
 
 def stat_eps(x: torch.Tensor) -> float:
     """make-a-video's norm epsilon: 1e-5 in float32, 1e-3 otherwise (a floor on the variance)."""
@@ -31,8 +33,7 @@ def stat_eps(x: torch.Tensor) -> float:
 
 def dim1_norm(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     """(x - mean₁) / √max(var₁, ε) · g, statistics over dim 1 (biased variance), as make-a-video's norms."""
-    var = x.var(dim=1, unbiased=False, keepdim=True)
-    return (x - x.mean(dim=1, keepdim=True)) * var.clamp(min=stat_eps(x)).rsqrt() * gain
+    return norm_over_dim1(x, gain, stat_eps(x))
 
 
 def log_distance(frames: int, device=None, dtype=torch.float32) -> torch.Tensor:
