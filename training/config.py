@@ -60,6 +60,9 @@ class DataConfig:
     # next epochs instead of re-running the streaming read (seconds of start-up per epoch: on toy data
     # an epoch is a few steps); 0 = always stream
     cache_mb: float = 256.0
+    # what the frozen encoders computed per example (latents, condition embeddings) is kept up to this
+    # many MiB and not computed again (training/encoder_cache.py); 0 = encode every batch
+    encoder_cache_mb: float = 256.0
     # a second shard set and the fraction of batches taken from it. Named for its first use, joint
     # image–video training (CoDi's appendix: laion images as 1-frame videos; CLIP pretraining on clips and
     # stills); the text VAE and text LDM take audio–text pairs here (audiocaps beside laion: CoDi's
@@ -69,6 +72,8 @@ class DataConfig:
     s3: S3Config = field(default_factory=S3Config)
 
     def __post_init__(self):
+        if self.encoder_cache_mb < 0:
+            raise ValueError(f"data.encoder_cache_mb must be >= 0, got {self.encoder_cache_mb}")
         if not 0.0 <= self.image_fraction < 1.0:
             raise ValueError(f"data.image_fraction must lie in [0, 1), got {self.image_fraction}")
         if self.image_fraction > 0 and not self.images:

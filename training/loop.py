@@ -4,7 +4,8 @@ metrics and checkpoints.
 Runs inside each Ray Train worker (``train_loop_per_worker``). DeepSpeed is imported here, never in
 the driver: importing it on a CPU-only driver has broken before, and only workers need it.
 
-Per worker: the stage's frozen part (training/task.py) is built whole and run under no_grad; its
+Per worker: the stage's frozen part (training/task.py) is built whole and run under no_grad (frozen
+codecs remember each example's latents and embeddings: training/encoder_cache.py); its
 trainable part goes into DeepSpeed (ZeRO 0-3). Every optimizer step takes ``grad_accum_steps``
 micro-batches; then rank 0 folds the (gathered) weights into the EMA. A checkpoint holds DeepSpeed's
 sharded state (every rank), ``model.safetensors`` + ``ema.safetensors`` (full gathered weights in the
@@ -214,8 +215,10 @@ def inject_fault(cfg: TrainConfig, rank: int, step: int, run_dir: str | None) ->
 def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
 
+    from models.codecs import Codecs
     from training.checkpointing import use_safe_checkpoint_loading
     from training.ema import RankZeroEMA
+    from training.encoder_cache import EncoderCache
     from training.scalars import ScalarLog
     from training.task import build_task
 
@@ -228,6 +231,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     scalars = ScalarLog(run_dir, cfg.data.s3) if rank == 0 and run_dir else None
     task = build_task(cfg)
     engine, frozen, scheduler = build_engine(cfg, task)
+    encoders = (EncoderCache(frozen, cfg.data.encoder_cache_mb)
+                if isinstance(frozen, Codecs) and cfg.data.encoder_cache_mb > 0 else frozen)
     use_safe_checkpoint_loading(engine)
     dtype, zero3 = compute_dtype(cfg), cfg.zero_stage == 3
 
@@ -260,7 +265,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             else:
                 epoch, batch = next(batches)
                 seen = epoch
-            inputs = task.batch_inputs(batch, frozen, generator, engine.device)   # frozen encoders: fp32
+            inputs = task.batch_inputs(batch, encoders, generator, engine.device)   # frozen encoders: fp32
             with autocast(cfg, engine.device):
                 loss = task.loss(engine, inputs, dtype)
             engine.backward(loss)
