@@ -65,7 +65,7 @@ class EncoderCache:
         key = ("null", modality, batch)
         if key not in self.kept:
             self._keep(key, self.codecs.null(modality, batch))
-        return self.kept[key] if key in self.kept else self.codecs.null(modality, batch)
+        return self.kept[key].clone() if key in self.kept else self.codecs.null(modality, batch)
 
     def _per_example(self, verb: tuple, data, compute: Callable) -> torch.Tensor:
         keys = [(*verb, d) for d in example_digests(data)]
