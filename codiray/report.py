@@ -196,7 +196,10 @@ def depths(stages: list[dict], where: Path) -> dict[str, int]:
 
 def dag_svg(stages: list[dict], where: Path) -> str:
     level = depths(stages, where)
-    box_w, box_h, col_w, row_h, pad = 200, 48, 250, 70, 12
+    # a box as wide as its longest bold name at the page's 16 px (about 10 px a character, measured in
+    # Chromium: "video_audio_alignment" is 206 px wide), 200 px at least
+    box_w = max(200, 24 + 10 * max((len(s["name"]) for s in stages), default=0))
+    box_h, col_w, row_h, pad = 48, box_w + 50, 70, 12
     slots: dict[int, int] = {}
     xy = {}
     for stage in stages:

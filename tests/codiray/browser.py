@@ -115,6 +115,10 @@ PROBE = """(async () => {
     // what a reader must scroll sideways for: the page's and the schedule DAG's width against the window's
     viewport: window.innerWidth, page_width: document.documentElement.scrollWidth,
     dag_width: (document.querySelector('svg.dag') || {getBoundingClientRect: () => ({right: 0})}).getBoundingClientRect().right,
+    // each DAG box's width and its widest label, as laid out (SVG user units)
+    dag_boxes: [...document.querySelectorAll('svg.dag g.stage')].map(g => ({
+      stage: g.dataset.stage, box: +g.querySelector('rect').getAttribute('width'),
+      label: Math.max(...[...g.querySelectorAll('text')].map(t => t.getBBox().width))})),
   });
 })()"""
 

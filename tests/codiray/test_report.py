@@ -272,8 +272,9 @@ def test_report_loads_in_headless_chromium(report, tmp_path):
 @pytest.mark.timeout(120)
 def test_a_long_schedule_dag_fits_the_window(report, tmp_path):
     """The demo's schedule is eight stages deep (1974 px at the DAG's natural size): drawn in a 1280-px
-    window it is scaled to the page's width, not cut off at the right edge."""
-    chain = [f"stage{i}" for i in range(8)]
+    window it is scaled to the page's width, not cut off at the right edge; every name fits its box (the
+    demo's longest, video_audio_alignment, once ran past its box's edge and the DAG's)."""
+    chain = [f"stage{i}" for i in range(7)] + ["video_audio_alignment"]
     schedule = tmp_path / "schedule.json"
     schedule.write_text(json.dumps({"name": "deep", "stages": [
         {"name": n, "kind": "ldm", "needs": chain[i - 1:i], "status": "done"} for i, n in enumerate(chain)]}))
@@ -284,3 +285,4 @@ def test_a_long_schedule_dag_fits_the_window(report, tmp_path):
     assert errors == [], (errors, log)
     assert found["page_width"] <= found["viewport"] == 1280, found
     assert 1000 < found["dag_width"] <= found["viewport"], found
+    assert len(found["dag_boxes"]) == 8 and all(0 < b["label"] <= b["box"] - 8 for b in found["dag_boxes"]), found
