@@ -64,9 +64,11 @@ class EncoderCache:
 
     def null(self, modality: str, batch: int) -> torch.Tensor:
         key = ("null", modality, batch)
-        if key not in self.kept:
-            self._keep(key, self.codecs.null(modality, batch))
-        return self.kept[key].clone() if key in self.kept else self.codecs.null(modality, batch)
+        if key in self.kept:
+            return self.kept[key].clone()
+        value = self.codecs.null(modality, batch)
+        self._keep(key, value)
+        return value
 
     def _per_example(self, verb: tuple, data, compute: Callable) -> torch.Tensor:
         keys = [(*verb, d) for d in example_digests(data)]

@@ -23,16 +23,12 @@ DEFAULT_FRAMERATE = 4    # CoDi always passes the default
 SHIFT_CHUNKS = 8         # latent shift: chunk i of the channels moves i frames
 
 
-def _norm_eps(x: Tensor) -> float:
-    return 1e-5 if x.dtype == torch.float32 else 1e-3
-
-
 def frame_axis_layer_norm(x: Tensor, g: Tensor) -> Tensor:
     """CoDi's temporal ``LayerNorm`` on (b·h·w, f, c) tokens: it normalises over axis 1, the FRAMES.
 
     Reproduced as released (a channel LayerNorm was presumably meant); ``g`` scales the channels.
     """
-    return norm_over_dim1(x, g, _norm_eps(x))
+    return norm_over_dim1(x, g)
 
 
 def token_shift(x: Tensor) -> Tensor:
@@ -74,7 +70,7 @@ class ChanLayerNorm(nn.Module):
         self.g = nn.Parameter(torch.ones(dim, 1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return norm_over_dim1(x, self.g, _norm_eps(x))
+        return norm_over_dim1(x, self.g)
 
 
 class ContinuousPositionBias(nn.Module):

@@ -26,16 +26,6 @@ from torch import nn
 from models.codi.blocks import norm_over_dim1
 
 
-def stat_eps(x: torch.Tensor) -> float:
-    """make-a-video's norm epsilon: 1e-5 in float32, 1e-3 otherwise (a floor on the variance)."""
-    return 1e-5 if x.dtype == torch.float32 else 1e-3
-
-
-def dim1_norm(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
-    """(x - mean₁) / √max(var₁, ε) · g, statistics over dim 1 (biased variance), as make-a-video's norms."""
-    return norm_over_dim1(x, gain, stat_eps(x))
-
-
 def log_distance(frames: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """``(f, f, 1)`` signed log distances sign(i-j)·log(|i-j|+1) (continuous position bias, Swin v2)."""
     pos = torch.arange(frames, device=device, dtype=dtype)
@@ -49,7 +39,7 @@ class FrameNorm(nn.Module):
         self.g = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dim1_norm(x, self.g)
+        return norm_over_dim1(x, self.g)
 
 
 class ChannelNorm(nn.Module):
@@ -58,7 +48,7 @@ class ChannelNorm(nn.Module):
         self.g = nn.Parameter(torch.ones(1, dim, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:      # (n, c, f)
-        return dim1_norm(x, self.g)
+        return norm_over_dim1(x, self.g)
 
 
 class PositionBias(nn.Module):

@@ -11,7 +11,7 @@ from einops import rearrange
 
 from models.codi import CoDi, CoDiConfig, audio_unet, image_unet, text_unet
 from models.codi.convert import infer_unet_spec, load_into_larger
-import models.codi.video as video_module
+import models.codi.blocks as blocks_module
 from models.codi.video import frame_axis_layer_norm, latent_shift, token_shift
 
 
@@ -162,7 +162,7 @@ def test_bf16_forward_tracks_fp32(joint_model, monkeypatch):
         low = model(low_latents, T, _ctx().bfloat16())
         # CoDi's video LayerNorms switch eps from 1e-5 (fp32) to 1e-3 (other dtypes), a model change of
         # its own; with eps pinned, video tracks fp32 like the rest.
-        monkeypatch.setattr(video_module, "_norm_eps", lambda x: 1e-5)
+        monkeypatch.setattr(blocks_module, "norm_eps", lambda x: 1e-5)
         pinned = model(low_latents, T, _ctx().bfloat16())
     rel = lambda out, name: ((out[name].float() - ref[name]).norm() / ref[name].norm()).item()
     for name in latents:
